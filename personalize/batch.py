@@ -1,0 +1,149 @@
+"""Batch generation: prompts x seeds -> one PNG each (settings in the text chunk), `grid.png`, `results.jsonl`.
+
+Resumable: an image whose file exists with the same settings is not generated again. Under
+`accelerate launch` with several processes the (prompt, seed) jobs are split between them; the main
+process writes the grid and the results file once everyone is done.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from personalize.artifacts import atomic_path, atomic_write_text
+from personalize.errors import PersonalizeError
+
+SETTING_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "height", "width", "base",
+                "artifacts")
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int  # prompt index
+    prompt: str
+    seed: int
+
+    @property
+    def filename(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", self.prompt).strip("_")[:40] or "prompt"
+        return f"{self.index:04d}-{slug}-s{self.seed}.png"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-7' -> 0..7; '1,5,9' and '0-3,10' work too."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise PersonalizeError(f"--seeds {text!r}: expected integers and ranges like '0-7' or '0-3,10'") from None
+    if not seeds:
+        raise PersonalizeError(f"--seeds {text!r} gives no seeds")
+    return seeds
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise PersonalizeError(f"prompt file not found: {path}")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not prompts:
+        raise PersonalizeError(f"prompt file {path} is empty: expected one prompt per line")
+    return prompts
+
+
+def fill_trigger(prompts: list[str], triggers: list[str]) -> list[str]:
+    """Replace `{}` with the one loaded trigger word."""
+    if not any("{}" in p for p in prompts):
+        return prompts
+    if len(triggers) != 1:
+        raise PersonalizeError(
+            f"prompts use '{{}}' but {len(triggers)} trigger words are loaded ({triggers}); "
+            "expected exactly one embedding artifact, or write the trigger words in the prompts"
+        )
+    return [p.replace("{}", triggers[0]) for p in prompts]
+
+
+def _existing_settings(path: Path) -> dict | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return json.loads(im.text.get("personalize", "null"))
+    except (OSError, ValueError):
+        return None
+
+
+def _same(a: dict | None, b: dict) -> bool:
+    return a is not None and all(a.get(k) == b.get(k) for k in SETTING_KEYS)
+
+
+def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch_size: int = 4,
+              state=None, progress: bool = True, **gen_kwargs) -> list[dict]:
+    """Generate every (prompt, seed) not already in `out`; return the records of all jobs (main process)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    jobs = [Job(i, p, s) for i, p in enumerate(prompts) for s in seeds]
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    mine = jobs[rank::world]
+    expected = {job: _expected(pipe, job, gen_kwargs) for job in mine}
+    todo = [j for j in mine if not _same(_existing_settings(out / j.filename), expected[j])]
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, desc=f"generate[{rank}]")
+    for prompt_jobs in _chunks(todo, batch_size):
+        images = pipe.generate(prompt_jobs[0].prompt, seed=[j.seed for j in prompt_jobs], **gen_kwargs)
+        for job, img in zip(prompt_jobs, images):
+            with atomic_path(out / job.filename) as tmp:
+                img.image.save(tmp, format="PNG", pnginfo=img.pnginfo())
+        bar.update(len(prompt_jobs))
+    bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+    if rank != 0:
+        return []
+    records = [{"file": j.filename, **(_existing_settings(out / j.filename) or {})} for j in jobs]
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    _write_grid(out, jobs, len(prompts), len(seeds))
+    return records
+
+
+def _expected(pipe, job: Job, gen_kwargs: dict) -> dict:
+    return {"prompt": job.prompt, "seed": job.seed, "negative_prompt": gen_kwargs.get("negative_prompt"),
+            "steps": gen_kwargs.get("steps", 30), "guidance_scale": gen_kwargs.get("guidance_scale", 7.5),
+            "height": gen_kwargs.get("height") or _native(pipe), "width": gen_kwargs.get("width") or _native(pipe),
+            "base": pipe.base, "artifacts": [a.name for a in pipe.artifacts]}
+
+
+def _native(pipe) -> int:
+    return pipe.sd.unet.config.sample_size * pipe.sd.vae_scale_factor
+
+
+def _chunks(jobs: list[Job], size: int):
+    """Consecutive jobs of the same prompt, at most `size` per generate call."""
+    chunk: list[Job] = []
+    for job in jobs:
+        if chunk and (job.index != chunk[0].index or len(chunk) == size):
+            yield chunk
+            chunk = []
+        chunk.append(job)
+    if chunk:
+        yield chunk
+
+
+def _write_grid(out: Path, jobs: list[Job], rows: int, cols: int) -> None:
+    """One row per prompt, one column per seed."""
+    from PIL import Image
+
+    images = [Image.open(out / j.filename).convert("RGB") for j in jobs]
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for k, im in enumerate(images):
+        grid.paste(im, ((k % cols) * w, (k // cols) * h))
+    with atomic_path(out / "grid.png") as tmp:
+        grid.save(tmp, format="PNG")

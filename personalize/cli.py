@@ -1,0 +1,95 @@
+"""`personalize generate|convert ...`: parse, build, call. Bad input -> one clear line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from personalize.errors import PersonalizeError
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="batch generation: prompts x seeds -> PNGs, grid.png, results.jsonl")
+    p.add_argument("--base", default="toyworld", help="diffusers folder, hub id, .safetensors file or 'toyworld'")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeatable); '{}' becomes the trigger word")
+    src.add_argument("--prompts", help="file with one prompt per line ('#' comments, blank lines skipped)")
+    p.add_argument("--seeds", default="0", help="seeds like '0-7' or '0-3,10' (default 0)")
+    p.add_argument("--artifact", action="append", default=[], help="artifact .safetensors (repeatable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
+    p.add_argument("--scheduler", default=None, help="ddim, euler, euler_a, dpmpp_2m, unipc, pndm, lms, ddpm")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU)")
+    p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a pickled .pt/.bin embedding to safetensors (weights_only load)")
+    p.add_argument("files", nargs="+", help=".pt or .bin embedding files")
+    p.add_argument("--out", default=None, help="output folder (default: beside each input)")
+    p.add_argument("--token", default=None, help="trigger word to use (default: the file's own name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="personalize", description="Teach Stable Diffusion new subjects.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_convert(sub)
+    return parser
+
+
+def cmd_generate(args) -> int:
+    from accelerate import PartialState
+
+    from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
+    from personalize.pipeline import load_pipeline
+
+    prompts = read_prompts(args.prompts) if args.prompts else args.prompt
+    if any(not p.strip() for p in prompts):
+        raise PersonalizeError("--prompt must not be empty")
+    seeds = parse_seeds(args.seeds)
+    if args.batch_size < 1 or args.steps < 1:
+        raise PersonalizeError("--batch-size and --steps must be >= 1")
+    state = PartialState()
+    pipe = load_pipeline(args.base, args.artifact, device=args.device or state.device, dtype=args.dtype,
+                         scheduler=args.scheduler, local_files_only=args.local_files_only)
+    prompts = fill_trigger(prompts, [t for a in pipe.artifacts for t in a.triggers])
+    records = run_batch(
+        pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
+        negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
+        height=args.height, width=args.width,
+    )
+    if state.is_main_process:
+        print(f"{len(records)} images in {args.out} (grid.png, results.jsonl)")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from personalize.convert import convert
+
+    for path in args.files:
+        written = convert(path, args.out, args.token, args.force)
+        print(f"{path} -> {written}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"generate": cmd_generate, "convert": cmd_convert}
+    try:
+        return handlers[args.command](args)
+    except PersonalizeError as err:
+        print(f"personalize {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

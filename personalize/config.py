@@ -1,0 +1,215 @@
+"""Config schema: defaults live once, in dataclasses; YAML files are diffs; dotted overrides win.
+
+    cfg = load_config(["configs/sude.yaml"], ["--train.learning_rate=1e-6", "--train.max_train_steps=400"])
+
+Names follow diffusers' example scripts where one exists (DESIGN sec. 3). An unknown key anywhere,
+in a YAML file or on the command line, raises ``ConfigError`` naming the key and the known ones.
+The ``method`` section is free-form here: each method checks its own keys (methods registry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from personalize.errors import PersonalizeError
+
+
+class ConfigError(PersonalizeError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    # diffusers folder, hub id, single-file .safetensors/.ckpt checkpoint, or "toyworld"
+    pretrained: str = "toyworld"
+    revision: str | None = None
+    variant: str | None = None
+    # never contact the hub; a local path is always loaded with local_files_only=True
+    local_files_only: bool = False
+    # single-file checkpoints only: diffusers folder or hub id whose configs describe the model
+    # (diffusers' `from_single_file(config=...)`); None lets diffusers infer it
+    single_file_config: str | None = None
+
+
+@dataclass
+class DataConfig:
+    instance_data_dir: str | None = None
+    instance_prompt: str | None = None
+    class_data_dir: str | None = None
+    class_prompt: str | None = None
+    resolution: int | None = None  # None: the base model's native size
+    center_crop: bool = True
+    random_flip: bool = False
+    num_class_images: int = 100
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_train_steps: int = 500
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    enable_xformers_memory_efficient_attention: bool = False
+    use_8bit_adam: bool = False
+    with_prior_preservation: bool = False
+    prior_loss_weight: float = 1.0
+    snr_gamma: float | None = None
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    validation_prompt: str | None = None
+    validation_steps: int = 100
+    report_to: str = "tensorboard"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # {"name": <registry key>, ...method-specific keys}; checked by the method itself
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "textual_inversion"})
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one leaf value against its annotation; YAML gives '1e-6' as a string."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin in (dict, list):
+        if not isinstance(value, origin):
+            raise ConfigError(f"config key '{key}' expects a {origin.__name__}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
+
+
+def _merge(obj: Any, diff: dict, prefix: str = "") -> None:
+    """Apply a nested dict of values onto a dataclass instance, in place."""
+    if not isinstance(diff, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {diff!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in diff.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; known keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, dotted + ".")
+        elif key == "method" and isinstance(current, dict) and isinstance(value, dict):
+            current.update(value)  # method keys are checked by the method itself
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--a.b=1` or `--a.b 1` -> {"a": {"b": 1}}; values are parsed as YAML scalars."""
+    diff: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"expected an override like --train.learning_rate=1e-5, got {arg!r}")
+        if "=" in arg:
+            dotted, raw = arg[2:].split("=", 1)
+        elif i + 1 < len(args):
+            dotted, raw = arg[2:], args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override {arg!r} has no value")
+        node = diff
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+        i += 1
+    return diff
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    return data or {}
+
+
+def load_config(paths: list[str | Path] = (), overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- each YAML file in order <- overrides (CLI strings or a nested dict)."""
+    cfg = Config()
+    for path in paths:
+        try:
+            _merge(cfg, read_yaml(path))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    if overrides:
+        _merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config, path: str | Path | None = None) -> str:
+    """The resolved config as YAML; written atomically to `path` when given."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path is not None:
+        from personalize.artifacts import atomic_write_text
+
+        atomic_write_text(path, text)
+    return text
+
+
+def config_json(cfg: Config) -> str:
+    """Compact JSON for artifact metadata (DESIGN sec. 4)."""
+    return json.dumps(to_dict(cfg), sort_keys=True)

@@ -1,0 +1,200 @@
+"""`load_pipeline(base, artifacts)` and `generate()`: a stock diffusers `StableDiffusionPipeline` underneath.
+
+    pipe = personalize.load_pipeline("toyworld", artifacts=["outputs/run/sks.safetensors"])
+    images = pipe.generate("a photo of sks on the beach", num_images=4, seed=0)
+    pipe.remove_artifact("sks")           # exact original weights and token table again
+
+Artifacts are applied by their method's `apply` (methods registry) and undone in reverse order, so they can be
+added and removed on a live pipeline without reloading the base.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from personalize.artifacts import Artifact, ArtifactError, load_artifact
+from personalize.components import Components, load_components
+from personalize.errors import PersonalizeError
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler",
+}
+
+
+@dataclass
+class GeneratedImage:
+    image: "object"  # PIL.Image.Image
+    settings: dict = field(default_factory=dict)
+
+    def pnginfo(self):
+        """PNG text chunks: A1111-style `parameters` plus our JSON `personalize` settings."""
+        from PIL.PngImagePlugin import PngInfo
+
+        s = self.settings
+        info = PngInfo()
+        text = f"{s['prompt']}\nNegative prompt: {s.get('negative_prompt') or ''}\n"
+        text += f"Steps: {s['steps']}, CFG scale: {s['guidance_scale']}, Seed: {s['seed']}, "
+        text += f"Size: {s['width']}x{s['height']}, Model: {s['base']}"
+        info.add_text("parameters", text)
+        info.add_text("personalize", json.dumps(s, sort_keys=True))
+        return info
+
+
+@dataclass
+class _Applied:
+    artifact: Artifact
+    undo: Callable[[], None]
+
+
+def _pick(device, dtype) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return device, dtype
+
+
+def make_scheduler(name: str, config):
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise PersonalizeError(f"scheduler {name!r} is not known; expected one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+class Pipeline:
+    """A live Stable Diffusion pipeline plus the artifacts applied to it, in order."""
+
+    def __init__(self, sd_pipe, base: str):
+        self.sd = sd_pipe  # the stock diffusers StableDiffusionPipeline
+        self.base = base
+        self._applied: list[_Applied] = []
+
+    @property
+    def width(self) -> int:
+        return self.sd.text_encoder.get_input_embeddings().weight.shape[1]
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [a.artifact for a in self._applied]
+
+    def add_artifact(self, artifact: str | Path | Artifact, token: str | None = None) -> Artifact:
+        from personalize.methods import METHODS
+
+        art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, self.width, token)
+        if any(a.artifact.path == art.path for a in self._applied):
+            raise ArtifactError(f"{art.path} is already loaded")
+        undo = METHODS[art.method].apply(self.sd, art)
+        self._applied.append(_Applied(art, undo))
+        return art
+
+    def _index(self, key: str | Path | Artifact) -> int:
+        for i, applied in enumerate(self._applied):
+            art = applied.artifact
+            if key is art or str(key) in (art.path, art.name) or str(key) in art.triggers:
+                return i
+        loaded = ", ".join(a.artifact.name for a in self._applied) or "none"
+        raise ArtifactError(f"artifact {key!s} is not loaded (loaded: {loaded})")
+
+    def remove_artifact(self, key: str | Path | Artifact) -> None:
+        """Undo the later artifacts, this one, then re-apply the later ones (exact, order-safe)."""
+        from personalize.methods import METHODS
+
+        i = self._index(key)
+        later = self._applied[i + 1 :]
+        for applied in reversed(self._applied[i:]):
+            applied.undo()
+        self._applied = self._applied[:i]
+        for applied in later:
+            self._applied.append(_Applied(applied.artifact, METHODS[applied.artifact.method].apply(
+                self.sd, applied.artifact)))
+
+    def set_artifacts(self, paths: list[str | Path]) -> None:
+        """Make the loaded set exactly `paths` (what a UI selection asks for), touching only the difference."""
+        wanted = [str(Path(p)) for p in paths]
+        for art in [a for a in self.artifacts if a.path not in wanted]:
+            self.remove_artifact(art)
+        for path in wanted:
+            if path not in [a.path for a in self.artifacts]:
+                self.add_artifact(path)
+
+    def set_scheduler(self, name: str) -> None:
+        self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
+
+    def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
+                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
+                 **kwargs) -> list[GeneratedImage]:
+        """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
+
+        `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
+        Extra keyword arguments go to the diffusers pipeline call unchanged."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) for p in prompts):
+            raise PersonalizeError("prompt must be a string or a non-empty list of strings")
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
+        if len(negatives) != len(prompts):
+            raise PersonalizeError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+        if isinstance(seed, (list, tuple)):
+            per_prompt, num_images = [int(s) for s in seed], len(seed)
+        else:
+            base_seed = secrets.randbelow(2**31) if seed is None else int(seed)
+            per_prompt = [base_seed + k for k in range(num_images)]
+        if num_images < 1:
+            raise PersonalizeError(f"num_images must be >= 1, got {num_images}")
+        size = self.sd.unet.config.sample_size * self.sd.vae_scale_factor
+        height, width = height or size, width or size
+        gen_device = "cpu" if self.sd.device.type == "mps" else self.sd.device
+        seeds = per_prompt * len(prompts)
+        generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+        neg = None if all(n is None for n in negatives) else [n or "" for n in negatives]
+        out = self.sd(
+            prompt=prompts, negative_prompt=neg, num_images_per_prompt=num_images, generator=generators,
+            num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width, **kwargs,
+        )
+        results = []
+        for j, image in enumerate(out.images):
+            p = j // num_images
+            settings = {
+                "prompt": prompts[p], "negative_prompt": negatives[p], "seed": seeds[j], "steps": steps,
+                "guidance_scale": guidance_scale, "height": height, "width": width, "base": self.base,
+                "scheduler": type(self.sd.scheduler).__name__, "artifacts": [a.name for a in self.artifacts],
+            }
+            results.append(GeneratedImage(image, settings))
+        return results
+
+
+def pipeline_from_components(comps: Components, device=None, dtype=None, scheduler: str | None = None) -> Pipeline:
+    from diffusers import StableDiffusionPipeline
+
+    device, dtype = _pick(device, dtype)
+    sd = StableDiffusionPipeline(**comps.as_pipeline_kwargs()).to(device)
+    if sd.unet.dtype != dtype:  # components loaded in another dtype (tiny builders, single files)
+        sd.to(dtype=dtype)
+    sd.set_progress_bar_config(disable=True)
+    pipe = Pipeline(sd, comps.source)
+    if scheduler:
+        pipe.set_scheduler(scheduler)
+    return pipe
+
+
+def load_pipeline(base: str = "toyworld", artifacts: list[str | Path] = (), device=None, dtype=None,
+                  scheduler: str | None = None, safety_checker: bool = False,
+                  local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
+    """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
+    _, torch_dtype = _pick(device, dtype)
+    comps = load_components(base, local_files_only=local_files_only, single_file_config=single_file_config,
+                            dtype=torch_dtype, safety_checker=safety_checker)
+    pipe = pipeline_from_components(comps, device, dtype, scheduler)
+    for path in artifacts:
+        pipe.add_artifact(path)
+    return pipe

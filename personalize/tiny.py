@@ -1,0 +1,95 @@
+"""Tiny random Stable Diffusion components for tests and benchmarks (DESIGN sec. 7).
+
+Two shapes, as in the real models:
+  sd1: CLIP width 768, pad token <|endoftext|>, epsilon prediction, conv proj-in UNet;
+  sd2: width 1024, pad token "!", v-prediction, linear proj-in UNet (as SD 2.x).
+`width` defaults to the real one; tests that do not need it pass a small one (e.g. 32) for speed.
+The tokenizer is the real CLIP BPE tokenizer (49,408 tokens) from `tests/fixtures/clip_tokenizer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from personalize.components import Components
+
+REAL_WIDTH = {"sd1": 768, "sd2": 1024}
+
+
+def tiny_tokenizer(tokenizer_dir: str | Path, variant: str = "sd1"):
+    from transformers import CLIPTokenizer
+
+    kwargs = {"pad_token": "!"} if variant == "sd2" else {}
+    return CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True, **kwargs)
+
+
+def tiny_text_encoder(width: int, vocab_size: int = 49408):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=width,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_unet(cross_attention_dim: int, variant: str = "sd1", sample_size: int = 8):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=(2, 4) if variant == "sd2" else 4,
+        use_linear_projection=variant == "sd2",
+    ).eval()
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=16,
+    ).eval()
+
+
+def tiny_scheduler(variant: str = "sd1"):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+        prediction_type="v_prediction" if variant == "sd2" else "epsilon",
+    )
+
+
+def tiny_components(
+    tokenizer_dir: str | Path, variant: str = "sd1", width: int | None = None, seed: int = 0
+) -> Components:
+    """Random tiny SD components; 16x16 images (VAE factor 2, 8x8x4 latents)."""
+    if variant not in REAL_WIDTH:
+        raise ValueError(f"variant must be one of {sorted(REAL_WIDTH)}, got {variant!r}")
+    width = width or REAL_WIDTH[variant]
+    torch.manual_seed(seed)
+    return Components(
+        tokenizer=tiny_tokenizer(tokenizer_dir, variant), text_encoder=tiny_text_encoder(width),
+        vae=tiny_vae(), unet=tiny_unet(width, variant), scheduler=tiny_scheduler(variant),
+        source=f"tiny-{variant}-{width}",
+    )
+
+
+def save_tiny_model(path: str | Path, tokenizer_dir: str | Path, variant: str = "sd1",
+                    width: int | None = None, seed: int = 0) -> Path:
+    """Write tiny random components as a diffusers folder that `from_pretrained` loads."""
+    from diffusers import StableDiffusionPipeline
+
+    comps = tiny_components(tokenizer_dir, variant, width, seed)
+    pipe = StableDiffusionPipeline(**comps.as_pipeline_kwargs())
+    pipe.save_pretrained(str(path))
+    return Path(path)
