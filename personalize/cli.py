@@ -38,18 +38,23 @@ def _add_convert(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved config: defaults <- YAML files <- --dotted.key=value")
+    p.add_argument("--config", action="append", default=[], help="YAML file (repeatable, later ones win)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personalize", description="Teach Stable Diffusion new subjects.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_config(sub)
     return parser
 
 
 def cmd_generate(args) -> int:
-    from accelerate import PartialState
-
     from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
+    from personalize.dist import process_state
     from personalize.pipeline import load_pipeline
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
@@ -58,7 +63,7 @@ def cmd_generate(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
-    state = PartialState()
+    state = process_state()
     pipe = load_pipeline(args.base, args.artifact, device=args.device or state.device, dtype=args.dtype,
                          scheduler=args.scheduler, local_files_only=args.local_files_only)
     prompts = fill_trigger(prompts, [t for a in pipe.artifacts for t in a.triggers])
@@ -81,9 +86,20 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from personalize.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "convert": cmd_convert}
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "config":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest
+    handlers = {"generate": cmd_generate, "convert": cmd_convert, "config": cmd_config}
     try:
         return handlers[args.command](args)
     except PersonalizeError as err:

@@ -1,0 +1,131 @@
+"""Artifact files: our layout, third-party embeddings, width checks, refusals, atomic writes."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from personalize import artifacts
+from personalize.artifacts import ArtifactError, load_artifact, save_artifact, save_embedding
+
+
+def test_embedding_file_layout(tmp_path):
+    vec = torch.randn(3, 32, dtype=torch.float64)
+    path = save_embedding(tmp_path, "my-cat_2.v1", vec, "textual_inversion", "toyworld", {"seed": 1})
+    assert path.name == "my-cat_2.v1.safetensors"
+    with safe_open(str(path), "pt") as f:
+        assert list(f.keys()) == ["my-cat_2.v1"]
+        meta = f.metadata()
+        t = f.get_tensor("my-cat_2.v1")
+    assert t.dtype == torch.float32 and t.shape == (3, 32) and torch.allclose(t, vec.float())
+    assert meta["method"] == "textual_inversion" and meta["base_model"] == "toyworld"
+    assert json.loads(meta["tokens"]) == ["my-cat_2.v1"] and json.loads(meta["config"]) == {"seed": 1}
+    assert meta["format_version"] == "1" and meta["weights"] == "none"
+
+
+@pytest.mark.parametrize("bad", ["", "<cat>", "two words", "a/b"])
+def test_bad_trigger_refused(tmp_path, bad):
+    with pytest.raises(ArtifactError, match="letters, digits"):
+        save_embedding(tmp_path, bad, torch.zeros(1, 4), "textual_inversion", "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_round_trip_with_delta(tmp_path):
+    path = save_artifact(tmp_path / "cd.safetensors", "custom_diffusion", "base", embeddings={"tok": torch.ones(1, 8)},
+                         delta={"unet.a.weight": torch.zeros(2, 2)})
+    art = load_artifact(path, width=8)
+    assert art.method == "custom_diffusion" and art.triggers == ["tok"]
+    assert list(art.delta) == ["unet.a.weight"] and not art.lora
+    with pytest.raises(ArtifactError, match="must start with"):
+        save_artifact(tmp_path / "x.safetensors", "dreambooth", "b", delta={"vae.w": torch.zeros(1)})
+
+
+def test_width_mismatch_names_both_widths(tmp_path):
+    path = save_embedding(tmp_path, "tok", torch.zeros(1, 768), "textual_inversion", "sd15")
+    with pytest.raises(ArtifactError, match=r"width 768 \(SD 1.x\).*width 1024"):
+        load_artifact(path, width=1024)
+
+
+def test_unknown_method(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file({"tok": torch.zeros(1, 4)}, str(path), metadata={"method": "magic", "format_version": "1", "tokens": '["tok"]'})
+    with pytest.raises(ArtifactError, match="unknown method 'magic'.*known methods: textual_inversion"):
+        load_artifact(path)
+
+
+def test_missing_and_not_safetensors(tmp_path):
+    with pytest.raises(ArtifactError, match="not found"):
+        load_artifact(tmp_path / "nope.safetensors")
+    txt = tmp_path / "fake.safetensors"
+    txt.write_text("hello, this is not a tensor file")
+    with pytest.raises(ArtifactError, match="not a safetensors file"):
+        load_artifact(txt)
+
+
+@pytest.mark.parametrize("name", ["emb.pt", "emb.bin", "disguised.safetensors"])
+def test_pickle_refused_pointing_to_convert(tmp_path, name):
+    path = tmp_path / name
+    torch.save({"string_to_param": {"*": torch.zeros(1, 4)}, "name": "x"}, str(path))
+    with pytest.raises(ArtifactError, match="pickle.*personalize convert"):
+        load_artifact(path)
+
+
+def test_foreign_formats(tmp_path):
+    # diffusers textual_inversion script: {placeholder_token: (n, width)}, no metadata
+    save_file({"<cat-toy>": torch.ones(2, 4)}, str(tmp_path / "learned_embeds.safetensors"))
+    art = load_artifact(tmp_path / "learned_embeds.safetensors", width=4)
+    assert art.triggers == ["<cat-toy>"] and art.method == "textual_inversion"
+    # kohya / A1111 safetensors: emb_params, the trigger is the file name
+    save_file({"emb_params": torch.ones(3, 4)}, str(tmp_path / "style-x.safetensors"))
+    assert load_artifact(tmp_path / "style-x.safetensors", width=4).embeddings["style-x"].shape == (3, 4)
+    # a 1-D single vector becomes (1, width)
+    save_file({"vec": torch.ones(4)}, str(tmp_path / "v.safetensors"))
+    assert load_artifact(tmp_path / "v.safetensors", width=4).embeddings["vec"].shape == (1, 4)
+
+
+def test_sdxl_parts(tmp_path):
+    path = tmp_path / "xl-style.safetensors"
+    save_file({"clip_l": torch.ones(2, 768), "clip_g": torch.zeros(2, 1280)}, str(path))
+    art = load_artifact(path, width=768)
+    assert art.triggers == ["xl-style"] and torch.equal(art.embeddings["xl-style"], torch.ones(2, 768))
+    with pytest.raises(ArtifactError, match="SDXL embedding .*1024"):
+        load_artifact(path, width=1024)
+
+
+def test_token_override(tmp_path):
+    save_file({"<a>": torch.ones(1, 4)}, str(tmp_path / "a.safetensors"))
+    assert load_artifact(tmp_path / "a.safetensors", token="bob").triggers == ["bob"]
+
+
+def test_unrecognised_foreign_file(tmp_path):
+    save_file({"x": torch.ones(1), "y": torch.ones(1)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(ArtifactError, match="match no known embedding or LoRA format"):
+        load_artifact(tmp_path / "m.safetensors")
+
+
+def test_atomic_write_leaves_nothing_on_crash(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_embedding(tmp_path, "tok", torch.zeros(1, 4), "textual_inversion", "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_existing(tmp_path):
+    path = tmp_path / "t.txt"
+    artifacts.atomic_write_text(path, "one")
+    artifacts.atomic_write_text(path, "two")
+    assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_metadata_must_be_strings(tmp_path):
+    with pytest.raises(ArtifactError, match="must be strings"):
+        artifacts.atomic_save_file({"a": torch.zeros(1)}, tmp_path / "a.safetensors", {"n": 3})
