@@ -94,3 +94,38 @@ def test_tiny_builders_default_to_real_widths(tokenizer_dir, variant, width):
     comps = tiny_components(tokenizer_dir, variant)
     assert comps.width == width and comps.unet.config.cross_attention_dim == width
     assert comps.text_encoder.get_input_embeddings().weight.shape[0] == 49408
+
+
+def test_single_file_checkpoint_loads_like_the_folder(tiny_sd1, tmp_path):
+    """An original-layout (CompVis) single file goes through diffusers' from_single_file; weights identical."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ldm_layout import to_ldm_state_dict
+
+    folder = load_components(str(tiny_sd1))
+    path = tmp_path / "tiny-sd1.safetensors"
+    save_file(to_ldm_state_dict(folder.unet, folder.vae, folder.text_encoder), str(path))
+    single = load_components(str(path), single_file_config=str(tiny_sd1))
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k].reshape(a[k].shape)) for k in a), part
+    assert single.source == str(path) and single.width == 32
+    # without a local config, offline, diffusers cannot fetch the layout: a clear error, not a hang
+    with pytest.raises(ComponentsError, match="single_file_config"):
+        load_components(str(path), local_files_only=True)
+
+
+def test_single_file_without_config_offline_fails_at_once(tiny_sd1, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from ldm_layout import to_ldm_state_dict
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    folder = load_components(str(tiny_sd1))
+    path = tmp_path / "tiny-sd1.safetensors"
+    save_file(to_ldm_state_dict(folder.unet, folder.vae, folder.text_encoder), str(path))
+    with pytest.raises(ComponentsError, match="could not load single-file checkpoint"):
+        load_components(str(path))
