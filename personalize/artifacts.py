@@ -231,8 +231,12 @@ def _foreign_embedding(path: Path, tensors: dict, width: int | None) -> tuple[st
     )
 
 
+LORA_KEY_RE = re.compile(r"lora[._](up|down|A|B)\.|^lora_(unet|te\d?)_")
+
+
 def is_lora_state_dict(tensors: dict) -> bool:
-    return any("lora" in k for k in tensors)
+    """diffusers/peft (`.lora_A.`, `.lora.down.`) or kohya (`lora_unet_...lora_down`) key names."""
+    return any(LORA_KEY_RE.search(k) for k in tensors)
 
 
 def load_artifact(path: str | Path, width: int | None = None, token: str | None = None) -> Artifact:

@@ -16,7 +16,7 @@ from personalize.artifacts import atomic_path, atomic_write_text
 from personalize.errors import PersonalizeError
 
 SETTING_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "height", "width", "base",
-                "artifacts")
+                "artifacts", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ def _expected(pipe, job: Job, gen_kwargs: dict) -> dict:
     return {"prompt": job.prompt, "seed": job.seed, "negative_prompt": gen_kwargs.get("negative_prompt"),
             "steps": gen_kwargs.get("steps", 30), "guidance_scale": gen_kwargs.get("guidance_scale", 7.5),
             "height": gen_kwargs.get("height") or _native(pipe), "width": gen_kwargs.get("width") or _native(pipe),
-            "base": pipe.base, "artifacts": [a.name for a in pipe.artifacts]}
+            "base": pipe.base, "artifacts": [a.name for a in pipe.artifacts],
+            "scheduler": type(pipe.sd.scheduler).__name__}
 
 
 def _native(pipe) -> int:

@@ -40,7 +40,9 @@ class GeneratedImage:
 
         s = self.settings
         info = PngInfo()
-        text = f"{s['prompt']}\nNegative prompt: {s.get('negative_prompt') or ''}\n"
+        text = s["prompt"] + "\n"
+        if s.get("negative_prompt"):
+            text += f"Negative prompt: {s['negative_prompt']}\n"
         text += f"Steps: {s['steps']}, CFG scale: {s['guidance_scale']}, Seed: {s['seed']}, "
         text += f"Size: {s['width']}x{s['height']}, Model: {s['base']}"
         info.add_text("parameters", text)

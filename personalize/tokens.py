@@ -61,19 +61,24 @@ def read_rows(text_encoder, ids: list[int]) -> torch.Tensor:
 
 @dataclass
 class TokenTableSnapshot:
-    """The tokenizer and the embedding table's size before tokens were added; `restore` undoes the addition.
+    """The tokenizer and the embedding table before tokens were added; `restore` undoes the addition exactly.
 
-    Rows are only ever appended, so cutting the table back to its old size restores it exactly."""
+    New tokens take the rows after the tokenizer's last id: spare rows a model may already have there (a table
+    padded beyond the vocabulary) are saved; rows appended by resizing are cut off again."""
 
     tokenizer: Any
     n_rows: int
+    spare_rows: torch.Tensor
 
     @classmethod
     def take(cls, tokenizer, text_encoder) -> "TokenTableSnapshot":
-        return cls(copy.deepcopy(tokenizer), text_encoder.get_input_embeddings().weight.shape[0])
+        table = text_encoder.get_input_embeddings().weight
+        return cls(copy.deepcopy(tokenizer), table.shape[0], table[len(tokenizer):].detach().clone())
 
     def restore(self, text_encoder) -> Any:
-        """Cut the table back and return the saved tokenizer (the caller puts it in place)."""
+        """Put the table back as it was and return the saved tokenizer (the caller puts it in place)."""
         if text_encoder.get_input_embeddings().weight.shape[0] != self.n_rows:
             text_encoder.resize_token_embeddings(self.n_rows, mean_resizing=False)
+        with torch.no_grad():
+            text_encoder.get_input_embeddings().weight[len(self.tokenizer):] = self.spare_rows
         return self.tokenizer

@@ -129,3 +129,11 @@ def test_atomic_write_replaces_existing(tmp_path):
 def test_metadata_must_be_strings(tmp_path):
     with pytest.raises(ArtifactError, match="must be strings"):
         artifacts.atomic_save_file({"a": torch.zeros(1)}, tmp_path / "a.safetensors", {"n": 3})
+
+
+def test_trigger_named_like_lora_is_still_an_embedding(tmp_path):
+    save_file({"floral-style": torch.ones(1, 4)}, str(tmp_path / "floral-style.safetensors"))
+    assert load_artifact(tmp_path / "floral-style.safetensors").method == "textual_inversion"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(1, 4)},
+              str(tmp_path / "kohya.safetensors"))
+    assert load_artifact(tmp_path / "kohya.safetensors").method == "lora"

@@ -133,3 +133,15 @@ def test_bad_generate_args(pipe_sd1):
         pipe_sd1.generate([])
     with pytest.raises(PersonalizeError, match="num_images"):
         pipe_sd1.generate("a", num_images=0)
+
+
+def test_padded_vocab_rows_restored(tiny_sd1, tmp_path):
+    """A table with spare rows beyond the vocabulary: new tokens use them, removal puts them back."""
+    pipe = load_pipeline(str(tiny_sd1), device="cpu")
+    pipe.sd.text_encoder.resize_token_embeddings(49408 + 4, mean_resizing=False)
+    te0 = state(pipe.sd.text_encoder)
+    emb = save_embedding(tmp_path, "pad-tok", torch.randn(2, 32), "textual_inversion", "tiny")
+    pipe.add_artifact(emb)
+    assert pipe.sd.text_encoder.get_input_embeddings().weight.shape[0] == 49412
+    pipe.remove_artifact("pad-tok")
+    assert same_state(state(pipe.sd.text_encoder), te0)
