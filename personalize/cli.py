@@ -27,6 +27,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    p.add_argument("--safety-checker", action="store_true", help="run the model's safety checker (off by default)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -65,7 +66,8 @@ def cmd_generate(args) -> int:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
     state = process_state()
     pipe = load_pipeline(args.base, args.artifact, device=args.device or state.device, dtype=args.dtype,
-                         scheduler=args.scheduler, local_files_only=args.local_files_only)
+                         scheduler=args.scheduler, local_files_only=args.local_files_only,
+                         safety_checker=args.safety_checker)
     prompts = fill_trigger(prompts, [t for a in pipe.artifacts for t in a.triggers])
     records = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,

@@ -171,6 +171,8 @@ def load_components(
         pipe = _load_hub(location, local_files_only, {"revision": revision, "variant": variant, **kwargs})
     else:
         pipe = _load_single_file(location, single_file_config, local_files_only, kwargs)
+    if safety_checker and pipe.safety_checker is None:
+        raise ComponentsError(f"a safety checker was asked for, but model '{pretrained}' has none")
     return Components(
         tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet,
         scheduler=pipe.scheduler, source=pretrained, safety_checker=pipe.safety_checker,

@@ -56,12 +56,24 @@ class _Applied:
     undo: Callable[[], None]
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def _pick(device, dtype) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Default: the GPU in float16 when there is one, else the CPU in float32."""
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise PersonalizeError(f"device {device!r} is not a torch device (expected e.g. cpu, cuda, cuda:1, mps)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PersonalizeError(f"device {device} was asked for but this torch build sees no CUDA GPU")
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        if dtype not in DTYPES:
+            raise PersonalizeError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
     return device, dtype
 
 
