@@ -15,10 +15,6 @@ from pathlib import Path
 from personalize.artifacts import atomic_path, atomic_write_text
 from personalize.errors import PersonalizeError
 
-SETTING_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "height", "width", "base",
-                "artifacts", "scheduler")
-
-
 @dataclass(frozen=True)
 class Job:
     index: int  # prompt index
@@ -79,10 +75,6 @@ def _existing_settings(path: Path) -> dict | None:
         return None
 
 
-def _same(a: dict | None, b: dict) -> bool:
-    return a is not None and all(a.get(k) == b.get(k) for k in SETTING_KEYS)
-
-
 def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch_size: int = 4,
               state=None, progress: bool = True, **gen_kwargs) -> list[dict]:
     """Generate every (prompt, seed) not already in `out`; return the records of all jobs (main process)."""
@@ -92,8 +84,7 @@ def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch
     jobs = [Job(i, p, s) for i, p in enumerate(prompts) for s in seeds]
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     mine = jobs[rank::world]
-    expected = {job: _expected(pipe, job, gen_kwargs) for job in mine}
-    todo = [j for j in mine if not _same(_existing_settings(out / j.filename), expected[j])]
+    todo = [j for j in mine if _existing_settings(out / j.filename) != pipe.settings(j.prompt, j.seed, **gen_kwargs)]
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, desc=f"generate[{rank}]")
     for prompt_jobs in _chunks(todo, batch_size):
@@ -111,18 +102,6 @@ def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     _write_grid(out, jobs, len(prompts), len(seeds))
     return records
-
-
-def _expected(pipe, job: Job, gen_kwargs: dict) -> dict:
-    return {"prompt": job.prompt, "seed": job.seed, "negative_prompt": gen_kwargs.get("negative_prompt"),
-            "steps": gen_kwargs.get("steps", 30), "guidance_scale": gen_kwargs.get("guidance_scale", 7.5),
-            "height": gen_kwargs.get("height") or _native(pipe), "width": gen_kwargs.get("width") or _native(pipe),
-            "base": pipe.base, "artifacts": [a.name for a in pipe.artifacts],
-            "scheduler": type(pipe.sd.scheduler).__name__}
-
-
-def _native(pipe) -> int:
-    return pipe.sd.unet.config.sample_size * pipe.sd.vae_scale_factor
 
 
 def _chunks(jobs: list[Job], size: int):

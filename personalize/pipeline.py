@@ -98,17 +98,24 @@ class Pipeline:
         return self.sd.text_encoder.get_input_embeddings().weight.shape[1]
 
     @property
+    def native_size(self) -> int:
+        """The image size the UNet was built for (sample_size x VAE factor), used when none is given."""
+        return self.sd.unet.config.sample_size * self.sd.vae_scale_factor
+
+    @property
     def artifacts(self) -> list[Artifact]:
         return [a.artifact for a in self._applied]
 
-    def add_artifact(self, artifact: str | Path | Artifact, token: str | None = None) -> Artifact:
+    def _apply(self, art: Artifact) -> None:
         from personalize.methods import METHODS
 
+        self._applied.append(_Applied(art, METHODS[art.method].apply(self.sd, art)))
+
+    def add_artifact(self, artifact: str | Path | Artifact, token: str | None = None) -> Artifact:
         art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, self.width, token)
         if any(a.artifact.path == art.path for a in self._applied):
             raise ArtifactError(f"{art.path} is already loaded")
-        undo = METHODS[art.method].apply(self.sd, art)
-        self._applied.append(_Applied(art, undo))
+        self._apply(art)
         return art
 
     def _index(self, key: str | Path | Artifact) -> int:
@@ -121,16 +128,13 @@ class Pipeline:
 
     def remove_artifact(self, key: str | Path | Artifact) -> None:
         """Undo the later artifacts, this one, then re-apply the later ones (exact, order-safe)."""
-        from personalize.methods import METHODS
-
         i = self._index(key)
         later = self._applied[i + 1 :]
         for applied in reversed(self._applied[i:]):
             applied.undo()
         self._applied = self._applied[:i]
         for applied in later:
-            self._applied.append(_Applied(applied.artifact, METHODS[applied.artifact.method].apply(
-                self.sd, applied.artifact)))
+            self._apply(applied.artifact)
 
     def set_artifacts(self, paths: list[str | Path]) -> None:
         """Make the loaded set exactly `paths` (what a UI selection asks for), touching only the difference."""
@@ -143,6 +147,16 @@ class Pipeline:
 
     def set_scheduler(self, name: str) -> None:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
+
+    def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
+                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None) -> dict:
+        """Everything that determines one image, as stored in its PNG text chunk."""
+        return {
+            "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
+            "guidance_scale": guidance_scale, "height": height or self.native_size,
+            "width": width or self.native_size, "base": self.base,
+            "scheduler": type(self.sd.scheduler).__name__, "artifacts": [a.name for a in self.artifacts],
+        }
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
@@ -165,8 +179,7 @@ class Pipeline:
             per_prompt = [base_seed + k for k in range(num_images)]
         if num_images < 1:
             raise PersonalizeError(f"num_images must be >= 1, got {num_images}")
-        size = self.sd.unet.config.sample_size * self.sd.vae_scale_factor
-        height, width = height or size, width or size
+        height, width = height or self.native_size, width or self.native_size
         gen_device = "cpu" if self.sd.device.type == "mps" else self.sd.device
         seeds = per_prompt * len(prompts)
         generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
@@ -178,11 +191,7 @@ class Pipeline:
         results = []
         for j, image in enumerate(out.images):
             p = j // num_images
-            settings = {
-                "prompt": prompts[p], "negative_prompt": negatives[p], "seed": seeds[j], "steps": steps,
-                "guidance_scale": guidance_scale, "height": height, "width": width, "base": self.base,
-                "scheduler": type(self.sd.scheduler).__name__, "artifacts": [a.name for a in self.artifacts],
-            }
+            settings = self.settings(prompts[p], seeds[j], negatives[p], steps, guidance_scale, height, width)
             results.append(GeneratedImage(image, settings))
         return results
 
