@@ -180,9 +180,10 @@ class Pipeline:
         if num_images < 1:
             raise PersonalizeError(f"num_images must be >= 1, got {num_images}")
         height, width = height or self.native_size, width or self.native_size
-        gen_device = "cpu" if self.sd.device.type == "mps" else self.sd.device
         seeds = per_prompt * len(prompts)
-        generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+        # CPU generators, as diffusers recommends for reproducibility: a seed gives the same starting noise
+        # on every device (A1111's "CPU" RNG source); diffusers moves the noise to the model's device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         neg = None if all(n is None for n in negatives) else [n or "" for n in negatives]
         out = self.sd(
             prompt=prompts, negative_prompt=neg, num_images_per_prompt=num_images, generator=generators,
