@@ -84,7 +84,8 @@ def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch
     jobs = [Job(i, p, s) for i, p in enumerate(prompts) for s in seeds]
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     mine = jobs[rank::world]
-    todo = [j for j in mine if _existing_settings(out / j.filename) != pipe.settings(j.prompt, j.seed, **gen_kwargs)]
+    todo = [j for j in mine
+            if _existing_settings(out / j.filename) != pipe.settings(j.prompt, j.seed, **gen_kwargs)]
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, desc=f"generate[{rank}]")
     for prompt_jobs in _chunks(todo, batch_size):

@@ -133,7 +133,7 @@ def _load_hub(repo_id: str, local_files_only: bool, kwargs: dict):
 def _load_single_file(path: str, config: str | None, local_files_only: bool, kwargs: dict):
     from diffusers import StableDiffusionPipeline
 
-    if (config is not None and Path(config).is_dir()) or not hub_reachable():
+    if not local_files_only and ((config is not None and Path(config).is_dir()) or not hub_reachable()):
         local_files_only = True  # a local config folder never needs the hub; an unreachable hub fails at once
     try:
         return StableDiffusionPipeline.from_single_file(

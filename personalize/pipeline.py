@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from personalize.artifacts import Artifact, ArtifactError, check_width, load_artifact
+from personalize.artifacts import Artifact, ArtifactError, load_artifact
 from personalize.components import Components, load_components
 from personalize.errors import PersonalizeError
 
@@ -215,12 +215,11 @@ def load_pipeline(base: str = "toyworld", artifacts: list[str | Path] = (), devi
                   scheduler: str | None = None, safety_checker: bool = False,
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
-    _, torch_dtype = _pick(device, dtype)
+    device, dtype = _pick(device, dtype)
     arts = [load_artifact(path) for path in artifacts]  # fail on a bad file before the slow model load
     comps = load_components(base, local_files_only=local_files_only, single_file_config=single_file_config,
-                            dtype=torch_dtype, safety_checker=safety_checker)
+                            dtype=dtype, safety_checker=safety_checker)
     pipe = pipeline_from_components(comps, device, dtype, scheduler)
     for art in arts:
-        check_width(art, pipe.width)
-        pipe.add_artifact(art)
+        pipe.add_artifact(art)  # the method's apply checks the width against this model
     return pipe
