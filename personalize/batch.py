@@ -117,14 +117,23 @@ def _chunks(jobs: list[Job], size: int):
         yield chunk
 
 
-def _write_grid(out: Path, jobs: list[Job], rows: int, cols: int) -> None:
-    """One row per prompt, one column per seed."""
+def make_grid(images: list, cols: int | None = None):
+    """PIL images of one size in rows of `cols` (default: all in one row)."""
     from PIL import Image
 
-    images = [Image.open(out / j.filename).convert("RGB") for j in jobs]
+    cols = cols or len(images)
+    rows = -(-len(images) // cols)
     w, h = images[0].size
     grid = Image.new("RGB", (cols * w, rows * h), "white")
     for k, im in enumerate(images):
         grid.paste(im, ((k % cols) * w, (k // cols) * h))
+    return grid
+
+
+def _write_grid(out: Path, jobs: list[Job], rows: int, cols: int) -> None:
+    """One row per prompt, one column per seed."""
+    from PIL import Image
+
+    grid = make_grid([Image.open(out / j.filename).convert("RGB") for j in jobs], cols)
     with atomic_path(out / "grid.png") as tmp:
         grid.save(tmp, format="PNG")

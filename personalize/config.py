@@ -49,6 +49,7 @@ class DataConfig:
     center_crop: bool = True
     random_flip: bool = False
     num_class_images: int = 100
+    class_generation_steps: int = 50  # sampling steps for generated class images
 
 
 @dataclass
@@ -63,6 +64,10 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     max_train_steps: int = 500
     max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     enable_xformers_memory_efficient_attention: bool = False
@@ -70,11 +75,17 @@ class TrainConfig:
     with_prior_preservation: bool = False
     prior_loss_weight: float = 1.0
     snr_gamma: float | None = None
+    offset_noise: bool = False  # add 0.1 * per-channel noise (train_dreambooth.py --offset_noise)
+    cache_latents: bool = False  # encode each image (and flip) once; needs center_crop
+    cache_text_encoder_outputs: bool = False  # when the text encoder is frozen
+    dataloader_num_workers: int = 0
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
     validation_prompt: str | None = None
     validation_steps: int = 100
+    num_validation_images: int = 4
+    validation_inference_steps: int = 25
     report_to: str = "tensorboard"
 
 

@@ -1,11 +1,21 @@
 """The method registry: one module per method (peft style), an explicit dict, no import-time magic.
 
-Each module follows the method protocol of DESIGN sec. 5. Every module implements `apply(pipe, artifact) -> undo`
-for inference; the training side (`setup`, `trainable_parameters`, `training_step`, `artifact`) arrives with the
-training loop.
+Each module follows the method protocol of DESIGN sec. 5:
+  - `apply(pipe, artifact) -> undo` for inference (every method);
+  - training methods also have `Options` (a dataclass: the keys of the config's `method:` section, with
+    defaults) and `build(options, config) -> TrainingMethod`.
 """
 
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Protocol
+
+import torch
+
 from personalize.methods import custom_diffusion, dreambooth, lora, textual_inversion
+from personalize.methods.parts import MethodError
 
 METHODS = {
     "textual_inversion": textual_inversion,
@@ -13,3 +23,56 @@ METHODS = {
     "custom_diffusion": custom_diffusion,
     "lora": lora,
 }
+
+
+class TrainingMethod(Protocol):
+    """What `personalize.trainer` needs from a method (it knows no method names)."""
+
+    def setup(self, components, config, accelerator) -> None: ...
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]: ...
+    def trainable_modules(self) -> dict[str, torch.nn.Module]: ...
+    def use_modules(self, modules: dict[str, torch.nn.Module]) -> None: ...
+    def dataloader(self, start_micro: int, rank: int, world: int, class_examples=None) -> typing.Iterable[dict]: ...
+    def training_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+    def loss_weights(self) -> dict[str, float]: ...
+    def trainable_state(self) -> dict[str, torch.Tensor]: ...
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None: ...
+    def artifact(self) -> dict: ...
+    def format_prompt(self, prompt: str) -> str: ...
+    def pipeline(self): ...
+
+
+def method_module(name: str | None):
+    if name not in METHODS:
+        raise MethodError(f"unknown method {name!r} (config key method.name); known methods: {', '.join(METHODS)}")
+    module = METHODS[name]
+    if not hasattr(module, "build"):
+        raise MethodError(f"method {name!r} is inference-only; it cannot be trained")
+    return module
+
+
+def parse_options(name: str, section: dict):
+    """The `method:` config section -> the method's `Options`; a key of another method is named as such."""
+    from personalize.config import ConfigError, _coerce
+
+    module = method_module(name)
+    fields = {f.name: f for f in dataclasses.fields(module.Options)}
+    hints = typing.get_type_hints(module.Options)
+    values = {}
+    for key, value in section.items():
+        if key not in fields:
+            owners = [m for m, mod in METHODS.items()
+                      if hasattr(mod, "Options") and key in {f.name for f in dataclasses.fields(mod.Options)}]
+            where = f"it belongs to method {' / '.join(owners)}, not {name}" if owners else "no method has it"
+            raise ConfigError(f"config key 'method.{key}' is not an option of method {name!r} ({where}); "
+                              f"options of {name}: {', '.join(fields)}")
+        values[key] = _coerce(value, hints[key], f"method.{key}")
+    return module.Options(**values)
+
+
+def build_method(config) -> TrainingMethod:
+    """Check the method's options and data, before any model is loaded or any file written."""
+    name = config.method.get("name")
+    options = parse_options(name, config.method)
+    return METHODS[name].build(options, config)

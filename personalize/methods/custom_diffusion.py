@@ -1,3 +1,39 @@
-"""Custom Diffusion (Kumari et al., 2023): cross-attention K/V + modifier token. Artifact: embedding + delta."""
+"""Custom Diffusion (Kumari et al. 2023, "Multi-Concept Customization of Text-to-Image Diffusion"):
+train the cross-attention K/V projections (or K/V/Q/out with `freeze_model: crossattn`) plus a modifier token.
 
-from personalize.methods.common import apply_parts as apply  # noqa: F401
+Defaults follow diffusers `examples/custom_diffusion/train_custom_diffusion.py` and ClassDiffusion's scripts
+(spec classdiffusion.md sec. 3): lr 1e-5 with scale_lr, random-rescale augmentation with a
+masked loss (`rescale_aug: false` = the script's --noaug). The artifact holds the modifier token's rows and a
+delta of the attn2 projections.
+"""
+
+from dataclasses import dataclass
+
+from personalize.methods import common
+from personalize.methods.parts import MethodError
+from personalize.methods.tuning import Tuner, TunerSpec
+
+
+@dataclass
+class Options:
+    name: str = "custom_diffusion"
+    modifier_token: str = "sks"  # [A-Za-z0-9._-]; the official "<new1>" is not a valid file name
+    # The official default "ktn" is two BPE tokens ("k", "tn</w>") in the real CLIP vocabulary; the script's
+    # `tokenizer.encode([word])` looks the string up as one token, so (unverified, transformers-version
+    # dependent) the official row starts from the unknown token. We need a single-token word: "object".
+    initializer_token: str = "object"
+    freeze_model: str = "crossattn_kv"  # or "crossattn" (also trains to_q and to_out)
+    rescale_aug: bool = True
+
+
+def build(options: Options, config) -> Tuner:
+    if options.freeze_model not in ("crossattn_kv", "crossattn"):
+        raise MethodError(f"method.freeze_model must be 'crossattn_kv' or 'crossattn', got {options.freeze_model!r}")
+    spec = TunerSpec(
+        name=options.name, tokens=[(options.modifier_token, options.initializer_token, 1)],
+        unet=options.freeze_model, masked_loss=options.rescale_aug, rescale_aug=options.rescale_aug,
+    )
+    return Tuner(spec, config)
+
+
+apply = common.apply_parts

@@ -1,3 +1,30 @@
-"""LoRA on the UNet attention (peft), diffusers layout that `load_lora_weights` reads. Artifact: LoRA."""
+"""LoRA (Hu et al. 2021) on the UNet attention projections, as diffusers `train_dreambooth_lora.py`.
 
-from personalize.methods.common import apply_parts as apply  # noqa: F401
+peft adapters (rank `rank`, scale alpha/rank) on to_q/to_k/to_v/to_out.0. The artifact is the diffusers LoRA
+layout that `pipe.load_lora_weights` reads (alpha folded into the up weights, so no metadata is needed).
+"""
+
+from dataclasses import dataclass, field
+
+from personalize.methods import common
+from personalize.methods.parts import MethodError
+from personalize.methods.tuning import Tuner, TunerSpec
+
+
+@dataclass
+class Options:
+    name: str = "lora"
+    rank: int = 4
+    alpha: float | None = None  # None: alpha = rank (scale 1), diffusers' default
+    target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+
+
+def build(options: Options, config) -> Tuner:
+    if options.rank < 1:
+        raise MethodError(f"method.rank must be a positive integer, got {options.rank}")
+    spec = TunerSpec(name=options.name, unet="lora", lora_rank=options.rank, lora_alpha=options.alpha,
+                     lora_targets=tuple(options.target_modules))
+    return Tuner(spec, config)
+
+
+apply = common.apply_parts

@@ -1,0 +1,164 @@
+"""The trainable parts the personalization bases are made of, each with its export to an artifact.
+
+  - token rows: new placeholder tokens whose embedding rows train while every other row stays fixed
+    (textual inversion, Gal et al. 2022 sec. 3; Custom Diffusion's modifier token);
+  - Custom Diffusion K/V: stock diffusers `CustomDiffusionAttnProcessor2_0` on every cross-attention (attn2),
+    initialised from `to_k`/`to_v` (Kumari et al. 2023 sec. 3.1; diffusers `train_custom_diffusion.py`);
+    exported as a weight delta of `attn2.to_k/to_v(.to_q/.to_out.0)`, which computes the same attention at
+    inference (the processor's detach of the start token only changes gradients);
+  - LoRA: peft adapters on the UNet attention projections, exported in the diffusers layout that
+    `load_lora_weights` reads (Hu et al. 2021; diffusers `train_dreambooth_lora.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from personalize.errors import PersonalizeError
+from personalize.tokens import add_tokens, token_names
+
+
+class MethodError(PersonalizeError):
+    """A method option that does not fit the model or the other options."""
+
+
+# ------------------------------------------------------------------------------------------- token rows
+
+
+@dataclass
+class TokenRows:
+    """Trainable rows of the text encoder's embedding table for new triggers."""
+
+    triggers: dict[str, list[int]]  # trigger -> token ids (n_vectors of them)
+    hook: object = None
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for ids in self.triggers.values() for i in ids]
+
+    @classmethod
+    def add(cls, tokenizer, text_encoder, specs: list[tuple[str, str, int]]) -> "TokenRows":
+        """specs: (trigger, initializer word, n_vectors). Each new row starts as the initializer's row."""
+        table = text_encoder.get_input_embeddings().weight
+        triggers = {}
+        for trigger, initializer, n in specs:
+            init_ids = tokenizer.encode(initializer, add_special_tokens=False)
+            if len(init_ids) != 1:
+                raise MethodError(
+                    f"initializer_token {initializer!r} is {len(init_ids)} tokens for this tokenizer; "
+                    "expected a word that is a single token (e.g. 'dog', 'toy', 'ktn')"
+                )
+            vectors = table[init_ids[0]].detach().float().repeat(n, 1)  # (n, width)
+            triggers[trigger] = add_tokens(tokenizer, text_encoder, trigger, vectors)
+        return cls(triggers)
+
+    def make_trainable(self, text_encoder) -> torch.nn.Parameter:
+        """Only the new rows get gradient: every other row's gradient is zeroed in backward. With no weight
+        decay on the table (see `Tuner.param_groups`) Adam then leaves those rows bit-identical."""
+        weight = text_encoder.get_input_embeddings().weight
+        weight.requires_grad_(True)
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[self.ids] = 1.0
+        self.hook = weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+        return weight
+
+    def vectors(self, text_encoder) -> dict[str, torch.Tensor]:
+        weight = text_encoder.get_input_embeddings().weight
+        return {t: weight[ids].detach().float().cpu().clone() for t, ids in self.triggers.items()}  # (n, width)
+
+    def load(self, text_encoder, vectors: dict[str, torch.Tensor]) -> None:
+        weight = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for trigger, ids in self.triggers.items():
+                weight[ids] = vectors[trigger].to(weight.device, weight.dtype)
+
+    def expand(self, caption: str) -> str:
+        """'a sks dog' -> 'a sks sks_1 sks_2 dog' for multi-vector triggers, as diffusers' maybe_convert_prompt."""
+        import re
+
+        for trigger, ids in self.triggers.items():
+            if len(ids) > 1:
+                caption = re.sub(rf"(?<![\w.-]){re.escape(trigger)}(?![\w.-])",
+                                 " ".join(token_names(trigger, len(ids))), caption)
+        return caption
+
+
+# ------------------------------------------------------------------------------------------- Custom Diffusion
+
+
+def cross_attention_layers(unet) -> dict[str, torch.nn.Module]:
+    """name -> Attention module for every cross-attention (attn2) of the UNet."""
+    return {name[: -len(".processor")]: unet.get_submodule(name[: -len(".processor")])
+            for name in unet.attn_processors if name.endswith("attn2.processor")}
+
+
+def add_custom_diffusion(unet, train_q_out: bool, xformers: bool = False) -> dict[str, torch.nn.Module]:
+    """Install trainable Custom Diffusion processors on attn2 (K/V, plus Q/out for `crossattn`); returns them.
+    They are set with `set_attn_processor` directly (the spec's trap 2: `load_attn_procs` may silently no-op)."""
+    from diffusers.models import attention_processor as ap
+
+    cls = ap.CustomDiffusionXFormersAttnProcessor if xformers else ap.CustomDiffusionAttnProcessor2_0
+    layers = cross_attention_layers(unet)
+    procs = dict(unet.attn_processors)
+    new = {}
+    for path, attn in layers.items():
+        proc = cls(train_kv=True, train_q_out=train_q_out, hidden_size=attn.to_k.out_features,
+                   cross_attention_dim=attn.to_k.in_features, out_bias=attn.to_out[0].bias is not None)
+        with torch.no_grad():
+            proc.to_k_custom_diffusion.weight.copy_(attn.to_k.weight)
+            proc.to_v_custom_diffusion.weight.copy_(attn.to_v.weight)
+            if train_q_out:
+                proc.to_q_custom_diffusion.weight.copy_(attn.to_q.weight)
+                proc.to_out_custom_diffusion[0].load_state_dict(attn.to_out[0].state_dict())
+        proc.to(device=attn.to_k.weight.device, dtype=torch.float32)
+        procs[f"{path}.processor"] = new[path] = proc
+    unet.set_attn_processor(procs)
+    return new
+
+
+CD_EXPORT = {  # processor parameter -> Attention parameter it replaces
+    "to_k_custom_diffusion.weight": "to_k.weight", "to_v_custom_diffusion.weight": "to_v.weight",
+    "to_q_custom_diffusion.weight": "to_q.weight", "to_out_custom_diffusion.0.weight": "to_out.0.weight",
+    "to_out_custom_diffusion.0.bias": "to_out.0.bias",
+}
+
+
+def custom_diffusion_delta(procs: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Processor weights as a delta of the UNet's own attn2 parameters: `unet.<path>.to_k.weight`, ..."""
+    delta = {}
+    for path, proc in procs.items():
+        for name, value in proc.state_dict().items():
+            delta[f"unet.{path}.{CD_EXPORT[name]}"] = value.detach().float().cpu().clone()
+    return delta
+
+
+# ------------------------------------------------------------------------------------------- LoRA
+
+
+def add_lora(unet, rank: int, alpha: float, targets: list[str]) -> list[torch.nn.Parameter]:
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    if not params:
+        raise MethodError(f"lora target_modules {targets} match no module of this UNet (expected e.g. to_k, to_v)")
+    for p in params:
+        p.data = p.data.float()  # trainable LoRA weights stay float32 under mixed precision
+    return params
+
+
+def lora_state_dict(unet, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """The adapters in the diffusers layout (`unet.<module>.lora.down/up.weight`), as `save_lora_weights`
+    writes them. The scale alpha/rank is folded into `up`, so the file loads right without alpha metadata."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    scale = alpha / rank
+    out = {}
+    for key, value in layers.items():
+        value = value.detach().float().cpu().clone()
+        out[f"unet.{key}"] = value * scale if ".lora.up." in key else value
+    return out

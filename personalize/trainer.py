@@ -1,0 +1,236 @@
+"""The one training loop for every method (DESIGN sec. 5), on accelerate.
+
+    result = personalize.trainer.train(load_config(["configs/lora.yaml"], ["--train.max_train_steps=400"]))
+
+The loop knows no method names: a method (methods registry) returns named loss terms, which are summed with
+its weights and logged one by one. Every random draw of a step (data order, crops, noise, timesteps, VAE
+samples) is a function of (seed, micro-step, rank), so `resume_from_checkpoint: latest` continues exactly
+and a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from personalize.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from personalize.errors import PersonalizeError
+
+logger = logging.getLogger(__name__)
+MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainError(PersonalizeError):
+    """A training option that cannot work on this machine or with this config."""
+
+
+@dataclass
+class TrainResult:
+    artifact: Path | None  # None when the run stopped early (`stop_after`)
+    step: int
+    method: object
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    if mixed_precision not in MIXED_PRECISION:
+        raise TrainError(f"train.mixed_precision={mixed_precision!r}; expected one of {', '.join(MIXED_PRECISION)}")
+    return MIXED_PRECISION[mixed_precision]
+
+
+def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
+    """The CPU generator for one micro-batch of one rank: a pure function of (seed, micro, rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro * 8_191 + rank * 131) % (2**63))
+
+
+def make_accelerator(train):
+    """accelerate's `Accelerator` (it honours ACCELERATE_USE_CPU), checked against the launcher's WORLD_SIZE."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    from personalize.dist import check_world
+
+    weight_dtype(train.mixed_precision)
+    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise TrainError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no'")
+    out = Path(train.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train.gradient_accumulation_steps, mixed_precision=train.mixed_precision,
+        log_with=None if train.report_to in ("none", None) else train.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    check_world(accelerator.num_processes)
+    return accelerator
+
+
+def make_optimizer(method, train, lr: float):
+    groups = method.param_groups(lr, train.adam_weight_decay)
+    if not groups:
+        raise TrainError("the method has no trainable parameters")
+    kwargs = dict(betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon)
+    if train.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise TrainError("train.use_8bit_adam needs bitsandbytes (CUDA only): pip install bitsandbytes") from err
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def make_lr_scheduler(optimizer, train, num_processes: int):
+    """diffusers' `get_scheduler`; steps count once per process, as accelerate steps it (diffusers scripts)."""
+    from diffusers.optimization import SchedulerType, get_scheduler
+
+    names = [s.value for s in SchedulerType]
+    if train.lr_scheduler not in names:
+        raise TrainError(f"train.lr_scheduler={train.lr_scheduler!r}; expected one of {', '.join(names)}")
+    return get_scheduler(train.lr_scheduler, optimizer, num_warmup_steps=train.lr_warmup_steps * num_processes,
+                         num_training_steps=train.max_train_steps * num_processes)
+
+
+def check_train_config(train) -> None:
+    positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                "validation_steps")
+    bad = [f"train.{k}={getattr(train, k)}" for k in positive if getattr(train, k) < 1]
+    if bad:
+        raise TrainError(f"{', '.join(bad)}: expected a positive integer")
+
+
+def class_examples(config, components, accelerator):
+    """Class-prior images (generated with the base model when missing) for prior preservation, or None."""
+    from personalize.data import examples_from_folder, generate_class_images, missing_class_images
+
+    data, train = config.data, config.train
+    if not train.with_prior_preservation:
+        return None
+    folder = Path(data.class_data_dir or Path(train.output_dir) / "class_images")
+    todo = missing_class_images(folder, data.num_class_images)
+    if todo:
+        logger.info("generating %d class images into %s", len(todo), folder)
+        generate_class_images(components, folder, data.class_prompt, todo, train.seed, data.class_generation_steps,
+                              accelerator.process_index, accelerator.num_processes, accelerator.device)
+    accelerator.wait_for_everyone()
+    return examples_from_folder(folder, data.class_prompt, "data.class_data_dir")
+
+
+def validate(method, config, step: int, accelerator) -> None:
+    """Images for `validation_prompt` with a fixed seed, saved as a grid PNG and logged (main process)."""
+    import numpy as np
+
+    from personalize.artifacts import atomic_path
+    from personalize.batch import make_grid
+
+    train = config.train
+    prompt = method.format_prompt(train.validation_prompt)
+    pipe = method.pipeline()
+    gens = [torch.Generator().manual_seed(train.seed + i) for i in range(train.num_validation_images)]
+    with torch.no_grad(), accelerator.autocast():
+        images = pipe([prompt] * len(gens), num_inference_steps=train.validation_inference_steps,
+                      generator=gens).images
+    with atomic_path(Path(train.output_dir) / "validation" / f"step-{step:06d}.png") as tmp:
+        make_grid(images).save(tmp, format="PNG")
+    if "tensorboard" in str(train.report_to):
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        writer.add_images("validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC")
+
+
+def write_artifact(method, components, config) -> Path:
+    from personalize.artifacts import save_artifact
+    from personalize.config import config_json
+
+    parts = method.artifact()
+    path = Path(config.train.output_dir) / f"{parts['name']}.safetensors"
+    return save_artifact(path, config.method["name"], components.source, embeddings=parts["embeddings"],
+                         delta=parts["delta"], lora=parts["lora"], config=config_json(config), **parts["extra"])
+
+
+def train(config, stop_after: int | None = None) -> TrainResult:
+    """Run one training job. `stop_after` (tests) ends the loop after that step as if the job were killed."""
+    from tqdm.auto import tqdm
+
+    from personalize.components import components_from_config
+    from personalize.config import dump_config
+    from personalize.methods import build_method
+
+    train_cfg, out = config.train, Path(config.train.output_dir)
+    check_train_config(train_cfg)
+    method = build_method(config)  # options and images are checked before anything is loaded or written
+    accelerator = make_accelerator(train_cfg)
+    resume = resolve_resume(train_cfg.resume_from_checkpoint, out)
+    components = components_from_config(config.model)
+    prior = class_examples(config, components, accelerator)
+    method.setup(components, config, accelerator)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    lr = train_cfg.learning_rate
+    if train_cfg.scale_lr:  # diffusers: lr x accumulation x batch x processes
+        lr *= train_cfg.gradient_accumulation_steps * train_cfg.train_batch_size * world
+    optimizer = make_optimizer(method, train_cfg, lr)
+    lr_scheduler = make_lr_scheduler(optimizer, train_cfg, world)
+    modules = method.trainable_modules()
+    prepared = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
+    method.use_modules(dict(zip(modules, prepared[: len(modules)])))
+    optimizer, lr_scheduler = prepared[len(modules):]
+    info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
+    step = load_checkpoint(resume, method, optimizer, lr_scheduler, accelerator, info) if resume else 0
+    if accelerator.is_main_process:
+        dump_config(config, out / "config.yaml")
+        accelerator.init_trackers("personalize", config={k: v for k, v in vars(train_cfg).items()
+                                                          if isinstance(v, (int, float, str, bool))})
+        logger.info("training %s from step %d, lr %.3g, %d process(es)", info["method"], step, lr, world)
+    weights, params = method.loss_weights(), method.trainable_parameters()
+    accum = train_cfg.gradient_accumulation_steps
+    bar = tqdm(total=train_cfg.max_train_steps, initial=step, desc="steps",
+               disable=not accelerator.is_local_main_process)
+    micro = step * accum
+    loader = method.dataloader(micro, rank, world, prior)
+    while step < train_cfg.max_train_steps and (stop_after is None or step < stop_after):
+        batch, gen = next(loader), step_generator(train_cfg.seed, micro, rank)
+        micro += 1
+        with accelerator.accumulate(*prepared[: len(modules)]):
+            losses = method.training_step(batch, gen)
+            total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
+            accelerator.backward(total)
+            if accelerator.sync_gradients and train_cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        logs = {k: v.detach().item() for k, v in losses.items()} | {"loss": total.detach().item(),
+                                                                     "lr": lr_scheduler.get_last_lr()[0]}
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        accelerator.log(logs, step=step)
+        _periodic(step, method, config, accelerator, optimizer, lr_scheduler, info)
+    bar.close()
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process and step >= train_cfg.max_train_steps:
+        path = write_artifact(method, components, config)
+        logger.info("wrote %s", path)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(path, step, method)
+
+
+def _periodic(step: int, method, config, accelerator, optimizer, lr_scheduler, info: dict) -> None:
+    """Checkpoint every `checkpointing_steps` and validation images every `validation_steps`."""
+    train_cfg, out = config.train, Path(config.train.output_dir)
+    deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
+    if step % train_cfg.checkpointing_steps == 0:
+        if accelerator.is_main_process:
+            prune_checkpoints(out, train_cfg.checkpoints_total_limit)
+        if accelerator.is_main_process or deepspeed:
+            save_checkpoint(out / f"checkpoint-{step}", step, method, optimizer, lr_scheduler, accelerator, info)
+        accelerator.wait_for_everyone()
+    if train_cfg.validation_prompt and step % train_cfg.validation_steps == 0:
+        if accelerator.is_main_process:
+            validate(method, config, step, accelerator)
+        accelerator.wait_for_everyone()
+
+
+__all__ = ["train", "TrainResult", "list_checkpoints"]
