@@ -159,13 +159,15 @@ def _check_safetensors_file(path: Path) -> None:
         raise ArtifactError(f"artifact path is not a file: {path}")
     with open(path, "rb") as f:
         head = f.read(9)
-    is_pickle = head[:2] == b"PK" or head[:1] == b"\x80"
+    # safetensors: an 8-byte header length, then the JSON header; its first byte can be anything (even 0x80)
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+    is_pickle = not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")
     if path.suffix.lower() in PICKLE_SUFFIXES or is_pickle:
         raise ArtifactError(
             f"{path} is a pickle file, which is never loaded (it can run code). "
             f"Convert it first: personalize convert {path}"
         )
-    if path.suffix.lower() != ".safetensors" or len(head) < 9 or head[8:9] != b"{":
+    if path.suffix.lower() != ".safetensors" or not looks_safetensors:
         raise ArtifactError(f"{path} is not a safetensors file (expected a .safetensors artifact)")
 
 

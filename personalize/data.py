@@ -153,8 +153,8 @@ def rescale_augment(pixels: torch.Tensor, rng: random.Random, factor: int) -> tu
         out = torch.zeros_like(pixels)
         top, left = rng.randint(0, size - scale), rng.randint(0, size - scale)
         out[:, top:top + scale, left:left + scale] = resized
-        t, l, s = top // factor, left // factor, scale // factor  # valid region, one latent cell smaller per side
-        mask[t + 1:t + s - 1, l + 1:l + s - 1] = 1.0
+        rows, cols = _valid_cells(top, scale, factor), _valid_cells(left, scale, factor)
+        mask[rows, cols] = 1.0
         prefix = rng.choice(["a far away ", "very small "]) if scale < 0.6 * size else ""
     else:
         top, left = rng.randint(0, scale - size), rng.randint(0, scale - size)
@@ -162,6 +162,19 @@ def rescale_augment(pixels: torch.Tensor, rng: random.Random, factor: int) -> tu
         mask[:] = 1.0
         prefix = rng.choice(["zoomed in ", "close up "])
     return out, mask, prefix
+
+
+def _valid_cells(start: int, length: int, factor: int) -> slice:
+    """Latent cells of an image placed at [start, start + length) pixels, one cell in from each edge as the
+    official script does; at tiny sizes where that leaves nothing (ours, not the script's: at 512 px it never
+    happens), the fully covered cells, or at least the cell under the image's center."""
+    lo, hi = start // factor + 1, (start + length) // factor - 1
+    if hi <= lo:
+        lo, hi = -(-start // factor), (start + length) // factor
+    if hi <= lo:
+        lo = (start + length // 2) // factor
+        hi = lo + 1
+    return slice(lo, hi)
 
 
 # ------------------------------------------------------------------------------------------- datasets

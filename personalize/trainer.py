@@ -148,21 +148,45 @@ def write_artifact(method, components, config) -> Path:
 
 def train(config, stop_after: int | None = None) -> TrainResult:
     """Run one training job. `stop_after` (tests) ends the loop after that step as if the job were killed."""
-    from tqdm.auto import tqdm
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        return _train(config, stop_after)
+    finally:  # accelerate keeps its state in class-level singletons: leave none behind for the next job
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+@dataclass
+class _Run:
+    method: object
+    components: object
+    accelerator: object
+    optimizer: object
+    lr_scheduler: object
+    modules: list
+    info: dict
+    step: int
+    class_examples: list | None
+
+
+def _setup(config) -> _Run:
+    """Everything before the first step: checks first, then model, class images, method, optimizer, resume."""
+    from accelerate.utils import set_seed
 
     from personalize.components import components_from_config
-    from personalize.config import dump_config
     from personalize.methods import build_method
 
-    train_cfg, out = config.train, Path(config.train.output_dir)
+    train_cfg = config.train
     check_train_config(train_cfg)
     method = build_method(config)  # options and images are checked before anything is loaded or written
     accelerator = make_accelerator(train_cfg)
-    resume = resolve_resume(train_cfg.resume_from_checkpoint, out)
+    resume = resolve_resume(train_cfg.resume_from_checkpoint, train_cfg.output_dir)
     components = components_from_config(config.model)
     prior = class_examples(config, components, accelerator)
+    set_seed(train_cfg.seed)  # new weights (LoRA A, processors) start the same in every run and process
     method.setup(components, config, accelerator)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     lr = train_cfg.learning_rate
     if train_cfg.scale_lr:  # diffusers: lr x accumulation x batch x processes
         lr *= train_cfg.gradient_accumulation_steps * train_cfg.train_batch_size * world
@@ -174,21 +198,32 @@ def train(config, stop_after: int | None = None) -> TrainResult:
     optimizer, lr_scheduler = prepared[len(modules):]
     info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
     step = load_checkpoint(resume, method, optimizer, lr_scheduler, accelerator, info) if resume else 0
+    logger.info("training %s from step %d, lr %.3g, %d process(es)", info["method"], step, lr, world)
+    return _Run(method, components, accelerator, optimizer, lr_scheduler, list(prepared[: len(modules)]),
+                info, step, prior)
+
+
+def _train(config, stop_after: int | None) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    from personalize.config import dump_config
+
+    train_cfg, out = config.train, Path(config.train.output_dir)
+    run = _setup(config)
+    method, accelerator, optimizer, lr_scheduler = run.method, run.accelerator, run.optimizer, run.lr_scheduler
     if accelerator.is_main_process:
         dump_config(config, out / "config.yaml")
         accelerator.init_trackers("personalize", config={k: v for k, v in vars(train_cfg).items()
                                                           if isinstance(v, (int, float, str, bool))})
-        logger.info("training %s from step %d, lr %.3g, %d process(es)", info["method"], step, lr, world)
     weights, params = method.loss_weights(), method.trainable_parameters()
-    accum = train_cfg.gradient_accumulation_steps
+    step, micro = run.step, run.step * train_cfg.gradient_accumulation_steps
+    loader = method.dataloader(micro, accelerator.process_index, accelerator.num_processes, run.class_examples)
     bar = tqdm(total=train_cfg.max_train_steps, initial=step, desc="steps",
                disable=not accelerator.is_local_main_process)
-    micro = step * accum
-    loader = method.dataloader(micro, rank, world, prior)
     while step < train_cfg.max_train_steps and (stop_after is None or step < stop_after):
-        batch, gen = next(loader), step_generator(train_cfg.seed, micro, rank)
+        batch, gen = next(loader), step_generator(train_cfg.seed, micro, accelerator.process_index)
         micro += 1
-        with accelerator.accumulate(*prepared[: len(modules)]):
+        with accelerator.accumulate(*run.modules):
             losses = method.training_step(batch, gen)
             total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
             accelerator.backward(total)
@@ -200,17 +235,17 @@ def train(config, stop_after: int | None = None) -> TrainResult:
         if not accelerator.sync_gradients:
             continue
         step += 1
-        logs = {k: v.detach().item() for k, v in losses.items()} | {"loss": total.detach().item(),
-                                                                     "lr": lr_scheduler.get_last_lr()[0]}
+        logs = {k: v.detach().item() for k, v in losses.items()}
+        logs |= {"loss": total.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step)
-        _periodic(step, method, config, accelerator, optimizer, lr_scheduler, info)
+        _periodic(step, method, config, accelerator, optimizer, lr_scheduler, run.info)
     bar.close()
     accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process and step >= train_cfg.max_train_steps:
-        path = write_artifact(method, components, config)
+        path = write_artifact(method, run.components, config)
         logger.info("wrote %s", path)
     accelerator.wait_for_everyone()
     accelerator.end_training()

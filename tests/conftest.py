@@ -48,3 +48,10 @@ def pipe_sd1(tiny_sd1):
     from personalize.pipeline import load_pipeline
 
     return load_pipeline(str(tiny_sd1), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def concept_dir(tmp_path_factory) -> Path:
+    from helpers import write_concept_images
+
+    return write_concept_images(tmp_path_factory.mktemp("concept"))

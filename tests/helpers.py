@@ -35,3 +35,28 @@ def write_diffusers_lora(model_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=layers, safe_serialization=True)
     return out_dir / "pytorch_lora_weights.safetensors"
+
+
+def write_concept_images(folder: Path, colors=("red", "blue", "green"), size=(24, 20)) -> Path:
+    """A small concept folder: solid-color images with a drawn square, so crops and flips differ."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, color in enumerate(colors):
+        image = Image.new("RGB", size, color)
+        ImageDraw.Draw(image).rectangle((2, 2, 9, 9), fill="white")
+        image.save(folder / f"{i}.png")
+    return folder
+
+
+def train_config(model: Path, data: Path, out: Path, method: str, method_opts=None, **train):
+    """A config for a short CPU run on a tiny model: no logging unless asked, checkpoints off unless asked."""
+    from personalize.config import load_config
+
+    train_opts = {"output_dir": str(out), "max_train_steps": 3, "checkpointing_steps": 10_000,
+                  "report_to": "none", "learning_rate": 1e-2} | train
+    return load_config([], {
+        "model": {"pretrained": str(model)},
+        "data": {"instance_data_dir": str(data), "instance_prompt": "a photo of {} dog"},
+        "train": train_opts, "method": {"name": method, **(method_opts or {})},
+    })

@@ -72,6 +72,18 @@ def test_pickle_refused_pointing_to_convert(tmp_path, name):
         load_artifact(path)
 
 
+@pytest.mark.parametrize("first_byte", [0x80, ord("P")])
+def test_safetensors_whose_header_length_looks_like_a_pickle_loads(tmp_path, first_byte):
+    """The 8-byte header length may start with 0x80 (pickle's PROTO) or 'PK' (zip): still safetensors."""
+    path = tmp_path / "emb.safetensors"
+    for pad in range(600):
+        save_file({"emb": torch.ones(1, 4)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == first_byte:
+            break
+    assert path.read_bytes()[0] == first_byte
+    assert load_artifact(path, width=4).triggers == ["emb"]
+
+
 def test_foreign_formats(tmp_path):
     # diffusers textual_inversion script: {placeholder_token: (n, width)}, no metadata
     save_file({"<cat-toy>": torch.ones(2, 4)}, str(tmp_path / "learned_embeds.safetensors"))

@@ -100,10 +100,10 @@ class Tuner:
 
     def _place(self, checkpointing: bool) -> None:
         c = self.c
-        c.vae.to(self.device, self.dtype)
-        for module in (c.unet, c.text_encoder):
+        for module in (c.vae, c.unet, c.text_encoder):
             trainable = [p for p in module.parameters() if p.requires_grad]
-            module.to(self.device, torch.float32 if trainable else self.dtype)
+            dtype = torch.float32 if trainable else self.dtype
+            module.to(self.device, dtype) if module.dtype != dtype else module.to(self.device)
             for p in trainable:  # only trainable weights stay float32 under mixed precision
                 p.data = p.data.float()
         if checkpointing and self.unet_trains:
@@ -176,7 +176,7 @@ class Tuner:
         cache = self.config.train.cache_text_encoder_outputs and not self.text_encoder_trains
         if cache and all(cap in self.text_cache for cap in captions):
             return torch.stack([self.text_cache[cap] for cap in captions])
-        expanded = [self.rows.expand(cap) if self.rows else cap for cap in captions]
+        expanded = [self.format_prompt(cap) for cap in captions]
         tok = self.c.tokenizer
         ids = tok(expanded, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.device)
@@ -286,8 +286,11 @@ class Tuner:
                 "extra": dict(self.spec.metadata)}
 
     def format_prompt(self, prompt: str) -> str:
-        triggers = list(self.rows.triggers) if self.rows else []
-        return prompt.format(*triggers[:1]) if "{}" in prompt and triggers else prompt
+        """`{}` -> the trigger; multi-vector triggers expanded to their token names."""
+        if not self.rows:
+            return prompt
+        prompt = prompt.replace("{}", next(iter(self.rows.triggers)))
+        return self.rows.expand(prompt)
 
     def pipeline(self):
         """A stock `StableDiffusionPipeline` on the live (unwrapped) modules, for validation images."""

@@ -1,0 +1,93 @@
+"""training/train.py as users run it: configs, overrides, bad inputs, and two processes under accelerate launch."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_concept_images
+
+from personalize.artifacts import read_safetensors
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "training" / "train.py"
+
+
+def _main():
+    spec = importlib.util.spec_from_file_location("train_entry", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _args(model, data, out, *extra):
+    return ["--config", str(ROOT / "configs" / "lora.yaml"), f"--model.pretrained={model}",
+            f"--data.instance_data_dir={data}", f"--train.output_dir={out}", "--train.max_train_steps=2",
+            "--train.report_to=none", "--train.validation_prompt=null", *extra]
+
+
+def test_config_and_overrides_train_an_artifact(tmp_path, tiny_sd1, concept_dir, capsys):
+    assert _main()(_args(tiny_sd1, concept_dir, tmp_path / "out", "--method.rank=2")) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path == tmp_path / "out" / "lora.safetensors" and path.is_file()
+    down = [v for k, v in read_safetensors(path)[0].items() if ".lora.down." in k]
+    assert down and all(v.shape[0] == 2 for v in down)  # the override reached the method
+
+
+def _bad_folder(tmp_path, kind):
+    folder = write_concept_images(tmp_path / "data")
+    if kind == "empty":
+        for p in folder.iterdir():
+            p.unlink()
+    elif kind == "corrupt":
+        (folder / "3.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    elif kind == "non-image":
+        (folder / "notes.md").write_text("my cat")
+    return folder
+
+
+@pytest.mark.parametrize("kind, extra, message", [
+    ("empty", [], "has no images"),
+    ("corrupt", [], "3.jpg' cannot be read"),
+    ("non-image", [], "not images: ['notes.md']"),
+    ("ok", ["--method.name=dreamboat"], "unknown method 'dreamboat'"),
+    ("ok", ["--method.placeholder_token=cat"], "belongs to method textual_inversion, not lora"),
+    ("ok", ["--train.learnign_rate=1"], "unknown config key 'train.learnign_rate'"),
+])
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, tiny_sd1, capsys, kind, extra, message):
+    folder = _bad_folder(tmp_path, kind)
+    out = tmp_path / "out"
+    assert _main()(_args(tiny_sd1, folder, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not out.exists()
+
+
+def test_bad_input_exit_code_from_a_real_process(tmp_path, tiny_sd1):
+    folder = _bad_folder(tmp_path, "empty")
+    proc = subprocess.run([sys.executable, str(TRAIN), *_args(tiny_sd1, folder, tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "has no images" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_two_processes_train_identical_weights_and_only_rank0_writes(tmp_path, tiny_sd1, concept_dir):
+    """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 (gloo on this CPU machine)."""
+    out, dumps = tmp_path / "out", tmp_path / "dumps"
+    overrides = _args(tiny_sd1, concept_dir, out, "--train.checkpointing_steps=1", "--method.name=textual_inversion",
+                      "--train.learning_rate=5e-2", "--method.rank=null")[2:]
+    overrides = [o for o in overrides if not o.startswith("--method.rank")]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", str(ROOT / "tests" / "dist_train.py"),
+           str(dumps), *overrides]
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (read_safetensors(dumps / f"rank{r}.safetensors")[0] for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "config.yaml", "sks.safetensors"]
+    final = read_safetensors(out / "sks.safetensors")[0]["sks"]
+    assert torch.equal(final, rank0["token.sks"])
