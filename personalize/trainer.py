@@ -242,6 +242,7 @@ def _train(config, stop_after: int | None) -> TrainResult:
         accelerator.log(logs, step=step)
         _periodic(step, method, config, accelerator, optimizer, lr_scheduler, run.info)
     bar.close()
+    method.finish()
     accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process and step >= train_cfg.max_train_steps:

@@ -1,4 +1,4 @@
-"""Run under `accelerate launch` by test_train_dist.py: train, then dump this rank's trainable weights.
+"""Run under `accelerate launch` by test_train_cli.py: train, then dump this rank's UNet and text encoder.
 
     dist_train.py <dump_dir> <override>...    (overrides as for training/train.py)
 
@@ -25,7 +25,9 @@ def main() -> int:
             raise AssertionError(f"rank {rank} tried to write {path}")
         artifacts.atomic_path = refuse
     result = train(load_config([], overrides))
-    state = {k: v.contiguous() for k, v in result.method.trainable_state().items()}
+    c = result.method.c
+    state = {f"{name}.{k}": v.detach().contiguous() for name, module in (("unet", c.unet), ("te", c.text_encoder))
+             for k, v in module.state_dict().items()}
     dump_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dump_dir / f"rank{rank}.safetensors"))
     return 0

@@ -1,8 +1,11 @@
 """Config: dataclass defaults, YAML diffs, dotted overrides, unknown keys named, dump round trip."""
 
 import pytest
+from pathlib import Path
 
 from personalize.config import ConfigError, dump_config, load_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_are_toyworld():
@@ -75,3 +78,26 @@ def test_base_yaml_states_every_default():
 
     base = read_yaml(Path(__file__).parents[1] / "configs" / "base.yaml")
     assert base == to_dict(Config())
+
+
+METHOD_CONFIGS = ["textual_inversion", "dreambooth", "custom_diffusion", "lora"]
+
+
+@pytest.mark.parametrize("name", METHOD_CONFIGS)
+def test_method_configs_are_diffs_with_valid_options(name):
+    """configs/<method>.yaml: the method options parse, and shared keys appear only where they differ."""
+    import yaml
+
+    from personalize.config import Config, to_dict
+    from personalize.methods import parse_options
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    cfg = load_config([path])
+    assert cfg.method["name"] == name
+    parse_options(name, cfg.method)
+    defaults = to_dict(Config())
+    raw = yaml.safe_load(path.read_text())
+    same = [f"{section}.{k}" for section in ("model", "data", "train")
+            for k, v in (raw.get(section) or {}).items() if defaults[section][k] == v
+            and k != "instance_data_dir"]  # shown as the one key every user sets
+    assert same == [], f"{path.name} repeats defaults: {same}"

@@ -29,10 +29,15 @@ class MethodError(PersonalizeError):
 
 @dataclass
 class TokenRows:
-    """Trainable rows of the text encoder's embedding table for new triggers."""
+    """Trainable rows for new triggers, held in a small parameter of their own.
+
+    The embedding table stays frozen; a forward hook on it substitutes the new tokens' rows from
+    `personalize_rows` (n_new, width). Gradient and optimizer state cover only those rows, not the whole
+    49,408-row table diffusers' textual_inversion.py optimises (and restores after each step). `fold` writes
+    the learned rows back into the table and removes the hook when training ends."""
 
     triggers: dict[str, list[int]]  # trigger -> token ids (n_vectors of them)
-    hook: object = None
+    handle: object = None
 
     @property
     def ids(self) -> list[int]:
@@ -48,31 +53,50 @@ class TokenRows:
             if len(init_ids) != 1:
                 raise MethodError(
                     f"initializer_token {initializer!r} is {len(init_ids)} tokens for this tokenizer; "
-                    "expected a word that is a single token (e.g. 'dog', 'toy', 'ktn')"
+                    "expected a word that is a single token (e.g. 'dog', 'toy', 'object')"
                 )
             vectors = table[init_ids[0]].detach().float().repeat(n, 1)  # (n, width)
             triggers[trigger] = add_tokens(tokenizer, text_encoder, trigger, vectors)
         return cls(triggers)
 
     def make_trainable(self, text_encoder) -> torch.nn.Parameter:
-        """Only the new rows get gradient: every other row's gradient is zeroed in backward. With no weight
-        decay on the table (see `Tuner.param_groups`) Adam then leaves those rows bit-identical."""
-        weight = text_encoder.get_input_embeddings().weight
-        weight.requires_grad_(True)
-        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-        mask[self.ids] = 1.0
-        self.hook = weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
-        return weight
+        emb = text_encoder.get_input_embeddings()
+        ids = self.ids
+        if ids != list(range(ids[0], ids[0] + len(ids))):
+            raise MethodError(f"new token ids {ids} are not contiguous; cannot train them as one block")
+        first, n = ids[0], len(ids)
+        emb.register_parameter("personalize_rows", torch.nn.Parameter(emb.weight[ids].detach().float().clone()))
+
+        def substitute(module, inputs, output):  # output: (B, L, width)
+            token_ids = inputs[0]
+            new = (token_ids >= first) & (token_ids < first + n)  # (B, L)
+            rows = module.personalize_rows[(token_ids - first).clamp(0, n - 1)].to(output.dtype)
+            return torch.where(new[..., None], rows, output)
+
+        self.handle = emb.register_forward_hook(substitute)
+        return emb.personalize_rows
+
+    def _rows(self, text_encoder) -> torch.Tensor:
+        emb = text_encoder.get_input_embeddings()
+        return emb.personalize_rows if hasattr(emb, "personalize_rows") else emb.weight[self.ids]
 
     def vectors(self, text_encoder) -> dict[str, torch.Tensor]:
-        weight = text_encoder.get_input_embeddings().weight
-        return {t: weight[ids].detach().float().cpu().clone() for t, ids in self.triggers.items()}  # (n, width)
+        rows, out, k = self._rows(text_encoder).detach().float().cpu(), {}, 0
+        for trigger, ids in self.triggers.items():
+            out[trigger] = rows[k:k + len(ids)].clone()  # (n_vectors, width)
+            k += len(ids)
+        return out
 
-    def load(self, text_encoder, vectors: dict[str, torch.Tensor]) -> None:
-        weight = text_encoder.get_input_embeddings().weight
+    def fold(self, text_encoder) -> None:
+        """Write the learned rows into the table and remove the hook and the extra parameter."""
+        emb = text_encoder.get_input_embeddings()
+        if self.handle is None:
+            return
         with torch.no_grad():
-            for trigger, ids in self.triggers.items():
-                weight[ids] = vectors[trigger].to(weight.device, weight.dtype)
+            emb.weight[self.ids] = emb.personalize_rows.detach().to(emb.weight.dtype)
+        self.handle.remove()
+        del emb.personalize_rows
+        self.handle = None
 
     def expand(self, caption: str) -> str:
         """'a sks dog' -> 'a sks sks_1 sks_2 dog' for multi-vector triggers, as diffusers' maybe_convert_prompt."""

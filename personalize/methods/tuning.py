@@ -133,11 +133,7 @@ class Tuner:
         return [p for m in (self.c.unet, self.c.text_encoder) for p in m.parameters() if p.requires_grad]
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """The embedding table (token rows) gets no weight decay: its frozen rows must not drift."""
-        table = self.c.text_encoder.get_input_embeddings().weight
-        rest = [p for p in self.trainable_parameters() if p is not table]
-        groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}] if rest else []
-        return groups + ([{"params": [table], "lr": lr, "weight_decay": 0.0}] if table.requires_grad else [])
+        return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
 
     def loss_weights(self) -> dict[str, float]:
         return {"loss_prior": self.config.train.prior_loss_weight}
@@ -176,7 +172,7 @@ class Tuner:
         cache = self.config.train.cache_text_encoder_outputs and not self.text_encoder_trains
         if cache and all(cap in self.text_cache for cap in captions):
             return torch.stack([self.text_cache[cap] for cap in captions])
-        expanded = [self.format_prompt(cap) for cap in captions]
+        expanded = [self.rows.expand(self.format_prompt(cap)) if self.rows else cap for cap in captions]
         tok = self.c.tokenizer
         ids = tok(expanded, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.device)
@@ -241,30 +237,27 @@ class Tuner:
     # ------------------------------------------------------------------------------------ outputs
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint holds: trainable weights by name (token rows, not the whole table)."""
-        state = {}
-        for prefix, module in (("unet", self.c.unet), ("text_encoder", self.c.text_encoder)):
-            table = module.get_input_embeddings().weight if prefix == "text_encoder" else None
-            for name, p in module.named_parameters():
-                if p.requires_grad and p is not table:
-                    state[f"{prefix}.{name}"] = p.detach().cpu().clone()
-        if self.rows:
-            state |= {f"token.{t}": v for t, v in self.rows.vectors(self.c.text_encoder).items()}
-        return state
+        """What a checkpoint holds: the trainable weights by name (new token rows, K/V, LoRA, UNet ...)."""
+        return {f"{prefix}.{name}": p.detach().cpu().clone()
+                for prefix, module in (("unet", self.c.unet), ("text_encoder", self.c.text_encoder))
+                for name, p in module.named_parameters() if p.requires_grad}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_state())
-        if set(state) != expected:
-            raise MethodError(f"checkpoint holds {len(state)} tensors that do not match this run's trainable "
-                              f"weights ({len(expected)}); was it written by another method or config?")
+        expected = {k: v.shape for k, v in self.trainable_state().items()}
+        if {k: v.shape for k, v in state.items()} != expected:
+            raise MethodError(f"checkpoint holds {len(state)} tensors that do not match this run's "
+                              f"{len(expected)} trainable weights; was it written by another method or config?")
         for prefix, module in (("unet", self.c.unet), ("text_encoder", self.c.text_encoder)):
             params = dict(module.named_parameters())
             with torch.no_grad():
                 for key, value in state.items():
                     if key.startswith(prefix + "."):
                         params[key[len(prefix) + 1:]].copy_(value)
+
+    def finish(self) -> None:
+        """After the last step: new token rows go into the embedding table, as a loaded artifact puts them."""
         if self.rows:
-            self.rows.load(self.c.text_encoder, {k[6:]: v for k, v in state.items() if k.startswith("token.")})
+            self.rows.fold(self.c.text_encoder)
 
     def artifact(self) -> dict:
         """`save_artifact` arguments (DESIGN sec. 4) and the file name."""
@@ -286,11 +279,8 @@ class Tuner:
                 "extra": dict(self.spec.metadata)}
 
     def format_prompt(self, prompt: str) -> str:
-        """`{}` -> the trigger; multi-vector triggers expanded to their token names."""
-        if not self.rows:
-            return prompt
-        prompt = prompt.replace("{}", next(iter(self.rows.triggers)))
-        return self.rows.expand(prompt)
+        """`{}` -> the trigger (the stock pipeline expands multi-vector triggers itself)."""
+        return prompt.replace("{}", next(iter(self.rows.triggers))) if self.rows else prompt
 
     def pipeline(self):
         """A stock `StableDiffusionPipeline` on the live (unwrapped) modules, for validation images."""
