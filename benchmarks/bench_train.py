@@ -35,7 +35,7 @@ def one(method: str, model: Path, data: Path, steps: int, device: str) -> dict:
     def run(n: int, out: Path) -> float:
         cfg = load_config([], {
             "model": {"pretrained": str(model)},
-            "data": {"instance_data_dir": str(data), "instance_prompt": "a photo of {} dog"},
+            "data": {"instance_data_dir": str(data), "instance_prompt": "a photo of sks dog"},
             "train": {"output_dir": str(out), "max_train_steps": n, "checkpointing_steps": 10**6,
                       "report_to": "none"},
             "method": {"name": method},

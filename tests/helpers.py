@@ -49,6 +49,11 @@ def write_concept_images(folder: Path, colors=("red", "blue", "green"), size=(24
     return folder
 
 
+def prompt_for(method: str) -> str:
+    """`{}` is the trigger of methods that add a token; the others name the identifier themselves."""
+    return "a photo of {} dog" if method in ("textual_inversion", "custom_diffusion") else "a photo of sks dog"
+
+
 def train_config(model: Path, data: Path, out: Path, method: str, method_opts=None, **train):
     """A config for a short CPU run on a tiny model: no logging unless asked, checkpoints off unless asked."""
     from personalize.config import load_config
@@ -57,6 +62,6 @@ def train_config(model: Path, data: Path, out: Path, method: str, method_opts=No
                   "report_to": "none", "learning_rate": 1e-2} | train
     return load_config([], {
         "model": {"pretrained": str(model)},
-        "data": {"instance_data_dir": str(data), "instance_prompt": "a photo of {} dog"},
+        "data": {"instance_data_dir": str(data), "instance_prompt": prompt_for(method)},
         "train": train_opts, "method": {"name": method, **(method_opts or {})},
     })

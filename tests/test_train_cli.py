@@ -56,6 +56,7 @@ def _bad_folder(tmp_path, kind):
     ("ok", ["--method.name=dreamboat"], "unknown method 'dreamboat'"),
     ("ok", ["--method.placeholder_token=cat"], "belongs to method textual_inversion, not lora"),
     ("ok", ["--train.learnign_rate=1"], "unknown config key 'train.learnign_rate'"),
+    ("ok", ["--data.instance_prompt=a {} dog"], "adds no token"),
 ])
 def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, tiny_sd1, capsys, kind, extra, message):
     folder = _bad_folder(tmp_path, kind)

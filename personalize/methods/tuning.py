@@ -60,6 +60,9 @@ class Tuner:
         self.spec, self.config = spec, config
         data, train = config.data, config.train
         default = data.instance_prompt if data.instance_prompt is not None else spec.templates
+        if not spec.tokens and "{}" in (data.instance_prompt or ""):
+            raise MethodError(f"data.instance_prompt {data.instance_prompt!r} has '{{}}' for a trigger, but {spec.name} "
+                              "adds no token; write the identifier itself (e.g. 'a photo of sks dog')")
         self.examples = examples_from_folder(data.instance_data_dir, default, "data.instance_data_dir")
         if train.with_prior_preservation and not data.class_prompt:
             raise MethodError("train.with_prior_preservation needs data.class_prompt (e.g. 'a photo of a dog')")
@@ -184,18 +187,17 @@ class Tuner:
     def encode_latents(self, pixels: torch.Tensor, keys: list, gen: torch.Generator) -> torch.Tensor:
         """VAE posterior sample x scaling factor, (B, 4, h, w); the posterior is cached per key when asked to."""
         use_cache = self.config.train.cache_latents
-        stats = []
-        for i, key in enumerate(keys):
-            if use_cache and key in self.latent_cache:
-                stats.append(self.latent_cache[key])
-                continue
+        todo = [i for i, key in enumerate(keys) if not (use_cache and key in self.latent_cache)]
+        fresh = {}
+        if todo:  # one VAE call for every sample not in the cache
             with torch.no_grad():
-                dist = self.c.vae.encode(pixels[i:i + 1].to(self.device, self.dtype)).latent_dist
-            stats.append((dist.mean[0], dist.std[0]))
+                dist = self.c.vae.encode(pixels[todo].to(self.device, self.dtype)).latent_dist
+            fresh = {i: (dist.mean[k], dist.std[k]) for k, i in enumerate(todo)}
             if use_cache:
-                self.latent_cache[key] = stats[-1]
-        mean = torch.stack([s[0] for s in stats]).float()
-        std = torch.stack([s[1] for s in stats]).float()
+                self.latent_cache.update({keys[i]: stats for i, stats in fresh.items()})
+        stats = [fresh[i] if i in fresh else self.latent_cache[key] for i, key in enumerate(keys)]
+        mean = torch.stack([m for m, _ in stats]).float()
+        std = torch.stack([sd for _, sd in stats]).float()
         eps = torch.randn(mean.shape, generator=gen).to(self.device)
         return (mean + std * eps) * self.c.vae.config.scaling_factor
 
