@@ -122,3 +122,22 @@ def test_artifact_reloads_and_changes_output(tmp_path, tiny_sd1, concept_dir, me
     assert np.abs(after - before).mean() > 0.05
     pipe.remove_artifact(pipe.artifacts[0].name)
     assert np.array_equal(pixels(pipe.generate(PROMPT, seed=0, steps=3)[0]), before)
+
+
+@pytest.mark.parametrize("method", ["textual_inversion", "lora"])
+def test_trained_files_load_in_stock_diffusers_the_same(tmp_path, tiny_sd1, concept_dir, method):
+    """diffusers' own loaders (load_textual_inversion / load_lora_weights) give the images our pipeline gives."""
+    from diffusers import StableDiffusionPipeline
+
+    result = _run(tmp_path, tiny_sd1, concept_dir, method, learning_rate=5e-2)
+    ours = load_pipeline(str(tiny_sd1), artifacts=[str(result.artifact)], device="cpu")
+    expected = pixels(ours.generate(PROMPT, seed=0, steps=3, guidance_scale=7.5)[0])
+    stock = StableDiffusionPipeline.from_pretrained(str(tiny_sd1), local_files_only=True, safety_checker=None,
+                                                    requires_safety_checker=False)
+    if method == "lora":
+        stock.load_lora_weights(str(result.artifact))
+    else:
+        stock.load_textual_inversion(str(result.artifact))
+    stock.set_progress_bar_config(disable=True)
+    image = stock(PROMPT, num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(np.asarray(image, dtype=np.int16) - expected).max() <= 1
