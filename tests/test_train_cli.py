@@ -29,6 +29,15 @@ def _args(model, data, out, *extra):
             "--train.report_to=none", "--train.validation_prompt=null", *extra]
 
 
+def test_accelerate_config_files_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    single = load_config_from_file(str(ROOT / "training" / "accelerate.yaml"))
+    zero2 = load_config_from_file(str(ROOT / "training" / "deepspeed_zero2.yaml"))
+    assert (single.distributed_type.value, single.num_processes) == ("NO", 1)
+    assert zero2.distributed_type.value == "DEEPSPEED" and zero2.deepspeed_config["zero_stage"] == 2
+
+
 def test_config_and_overrides_train_an_artifact(tmp_path, tiny_sd1, concept_dir, capsys):
     assert _main()(_args(tiny_sd1, concept_dir, tmp_path / "out", "--method.rank=2")) == 0
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
@@ -75,17 +84,29 @@ def test_bad_input_exit_code_from_a_real_process(tmp_path, tiny_sd1):
     assert "Traceback" not in proc.stderr
 
 
+def _launch(n: int, script: list[str], env: dict, cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", *script]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+
+
+def test_launch_where_every_process_thinks_it_is_rank_zero_is_refused(tmp_path, tiny_sd1, concept_dir):
+    """--multi_gpu on a machine without GPUs and without ACCELERATE_USE_CPU: two worlds of one."""
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {"CUDA_VISIBLE_DEVICES": ""}
+    proc = _launch(2, [str(TRAIN), *_args(tiny_sd1, concept_dir, tmp_path / "out")], env, tmp_path)
+    assert proc.returncode != 0
+    assert "every process would act as rank 0" in proc.stderr and "ACCELERATE_USE_CPU=1" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_processes_train_identical_weights_and_only_rank0_writes(tmp_path, tiny_sd1, concept_dir):
     """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 (gloo on this CPU machine)."""
     out, dumps = tmp_path / "out", tmp_path / "dumps"
     overrides = _args(tiny_sd1, concept_dir, out, "--train.checkpointing_steps=1", "--method.name=textual_inversion",
                       "--train.learning_rate=5e-2", "--method.rank=null")[2:]
     overrides = [o for o in overrides if not o.startswith("--method.rank")]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", str(ROOT / "tests" / "dist_train.py"),
-           str(dumps), *overrides]
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = _launch(2, [str(ROOT / "tests" / "dist_train.py"), str(dumps), *overrides], env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = (read_safetensors(dumps / f"rank{r}.safetensors")[0] for r in (0, 1))
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
