@@ -141,6 +141,21 @@ def test_flags_change_training(tmp_path, tiny_sd1, concept_dir, flags):
         assert not _equal(a, b)
 
 
+@pytest.mark.parametrize("method", ["textual_inversion", "custom_diffusion", "lora", "dreambooth"])
+def test_bf16_mixed_precision_keeps_trainable_weights_float32(tmp_path, tiny_sd1, concept_dir, method):
+    result = train(train_config(tiny_sd1, concept_dir, tmp_path / "out", method, max_train_steps=2,
+                                mixed_precision="bf16"))
+    c = result.method.c
+    assert c.vae.dtype == torch.bfloat16
+    trained = [p for m in (c.unet, c.text_encoder) for p in m.parameters() if p.requires_grad]
+    frozen = [p for m in (c.unet, c.text_encoder) for p in m.parameters() if not p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trained) and all(p.dtype == torch.bfloat16 for p in frozen)
+    tensors = _tensors(result.artifact)
+    assert all(torch.isfinite(v).all() for v in tensors.values())
+    if "sks" in tensors:  # the learned rows are saved in float32, not rounded to the table's bfloat16
+        assert not torch.equal(tensors["sks"], tensors["sks"].bfloat16().float())
+
+
 @pytest.mark.parametrize("flags, message", [
     ({"enable_xformers_memory_efficient_attention": True}, "CUDA GPU"),
     ({"use_8bit_adam": True}, "bitsandbytes"),

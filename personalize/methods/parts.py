@@ -38,6 +38,7 @@ class TokenRows:
 
     triggers: dict[str, list[int]]  # trigger -> token ids (n_vectors of them)
     handle: object = None
+    folded: torch.Tensor | None = None  # the float32 rows after `fold` (the table may be float16)
 
     @property
     def ids(self) -> list[int]:
@@ -78,7 +79,9 @@ class TokenRows:
 
     def _rows(self, text_encoder) -> torch.Tensor:
         emb = text_encoder.get_input_embeddings()
-        return emb.personalize_rows if hasattr(emb, "personalize_rows") else emb.weight[self.ids]
+        if hasattr(emb, "personalize_rows"):
+            return emb.personalize_rows
+        return self.folded if self.folded is not None else emb.weight[self.ids]
 
     def vectors(self, text_encoder) -> dict[str, torch.Tensor]:
         rows, out, k = self._rows(text_encoder).detach().float().cpu(), {}, 0
@@ -92,8 +95,9 @@ class TokenRows:
         emb = text_encoder.get_input_embeddings()
         if self.handle is None:
             return
+        self.folded = emb.personalize_rows.detach().float().clone()
         with torch.no_grad():
-            emb.weight[self.ids] = emb.personalize_rows.detach().to(emb.weight.dtype)
+            emb.weight[self.ids] = self.folded.to(emb.weight.dtype)
         self.handle.remove()
         del emb.personalize_rows
         self.handle = None

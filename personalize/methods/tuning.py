@@ -103,12 +103,11 @@ class Tuner:
 
     def _place(self, checkpointing: bool) -> None:
         c = self.c
-        for module in (c.vae, c.unet, c.text_encoder):
-            trainable = [p for p in module.parameters() if p.requires_grad]
-            dtype = torch.float32 if trainable else self.dtype
-            module.to(self.device, dtype) if module.dtype != dtype else module.to(self.device)
-            for p in trainable:  # only trainable weights stay float32 under mixed precision
-                p.data = p.data.float()
+        for module in (c.vae, c.unet, c.text_encoder):  # frozen weights in the mixed-precision dtype,
+            module.to(self.device, self.dtype) if module.dtype != self.dtype else module.to(self.device)
+            for p in module.parameters():  # trainable ones in float32 (diffusers' cast_training_params)
+                if p.requires_grad:
+                    p.data = p.data.float()
         if checkpointing and self.unet_trains:
             c.unet.enable_gradient_checkpointing()
         if checkpointing and self.text_encoder_trains:
