@@ -61,8 +61,8 @@ class Tuner:
         data, train = config.data, config.train
         default = data.instance_prompt if data.instance_prompt is not None else spec.templates
         if not spec.tokens and "{}" in (data.instance_prompt or ""):
-            raise MethodError(f"data.instance_prompt {data.instance_prompt!r} has '{{}}' for a trigger, but {spec.name} "
-                              "adds no token; write the identifier itself (e.g. 'a photo of sks dog')")
+            raise MethodError(f"data.instance_prompt {data.instance_prompt!r} has '{{}}' for a trigger, but "
+                              f"{spec.name} adds no token; write the identifier itself (e.g. 'a photo of sks dog')")
         self.examples = examples_from_folder(data.instance_data_dir, default, "data.instance_data_dir")
         if train.with_prior_preservation and not data.class_prompt:
             raise MethodError("train.with_prior_preservation needs data.class_prompt (e.g. 'a photo of a dog')")
