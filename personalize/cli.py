@@ -1,4 +1,4 @@
-"""`personalize generate|convert ...`: parse, build, call. Bad input -> one clear line on stderr, exit 2."""
+"""`personalize generate|convert|config|quickstart ...`: parse, build, call. Bad input -> one clear line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -44,12 +44,19 @@ def _add_config(sub) -> None:
     p.add_argument("--config", action="append", default=[], help="YAML file (repeatable, later ones win)")
 
 
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="the main job on the bundled toy world, in a few minutes on a CPU")
+    p.add_argument("--out", default="outputs/quickstart", help="output folder (default outputs/quickstart)")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personalize", description="Teach Stable Diffusion new subjects.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
     _add_config(sub)
+    _add_quickstart(sub)
     return parser
 
 
@@ -95,13 +102,30 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from personalize.toyworld.quickstart import run
+
+    report = run(args.out, args.seeds)
+    print(report.read_text())
+    artifact = next(report.parent.glob("train/*.safetensors"))
+    print(f"""Written: {report.parent}/samples.png, subject.png, report.md
+
+Next:
+  personalize generate --artifact {artifact} --seeds 0-7 --out outputs/sks \\
+      --prompt "a small sks on a black background" --guidance-scale 5
+  accelerate launch training/train.py --config configs/lora.yaml \\
+      --data.instance_data_dir=assets/examples/outlined-circle --data.instance_prompt=null""")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "config":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
-    handlers = {"generate": cmd_generate, "convert": cmd_convert, "config": cmd_config}
+    handlers = {"generate": cmd_generate, "convert": cmd_convert, "config": cmd_config,
+                "quickstart": cmd_quickstart}
     try:
         return handlers[args.command](args)
     except PersonalizeError as err:

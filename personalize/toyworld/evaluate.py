@@ -1,0 +1,122 @@
+"""How well the toy model draws its world, per the judge: the figures of assets/toyworld/README.md.
+
+    python -m personalize.toyworld.evaluate [--model assets/toyworld] [--per-prompt 4] [--steps 25]
+
+Suites (prompts with known answers, fixed seeds):
+  objects_seen / objects_heldout  single objects: shape and color right (held-out pairs never in training);
+  faces                           expression and accessory right;
+  pairs                           both named objects present (either side);
+  texture                         "with stripes"/"with dots" prompts show that texture, plain prompts none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+
+from personalize.toyworld import world as w
+
+SUITES = ["objects_seen", "objects_heldout", "faces", "pairs", "texture"]
+
+
+def suite_prompts(suite: str, seed: int = 0) -> list[tuple[str, dict]]:
+    """(prompt, expected judge attributes) for one suite."""
+    rng = random.Random(seed)
+    bg = lambda: rng.choice(list(w.BACKGROUNDS))  # noqa: E731
+    combos = list(itertools.product(w.SHAPES, w.COLORS))
+    if suite in ("objects_seen", "objects_heldout"):
+        held = suite == "objects_heldout"
+        return [(f"a large {c} {s} on a {bg()} background", {"kind": "object", "shape": s, "color": c})
+                for s, c in combos if ((s, c) in w.HELD_OUT_OBJECTS) == held]
+    if suite == "faces":
+        out = []
+        for expr, acc in itertools.product(w.EXPRESSIONS, w.ACCESSORIES):
+            if (expr, acc) == w.HELD_OUT_FACE:
+                continue
+            wear = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(acc, "")
+            face_bg = rng.choice(list(w.FACE_BACKGROUNDS))
+            out.append((f"a photo of a {expr} person{wear} on a {face_bg} background",
+                        {"kind": "face", "expression": expr, "accessory": acc}))
+        return out
+    if suite == "pairs":
+        seen = [c for c in combos if c not in w.HELD_OUT_OBJECTS]
+        out = []
+        for _ in range(12):
+            (s1, c1), (s2, c2) = rng.sample(seen, 2)
+            out.append((f"{w._a(c1)} {c1} {s1} and {w._a(c2)} {c2} {s2} on a {bg()} background",
+                        {"kind": "pair", "objects": sorted([(s1, c1), (s2, c2)])}))
+        return out
+    if suite == "texture":
+        out = []
+        for s, c in rng.sample([x for x in combos if x not in w.HELD_OUT_OBJECTS], 6):
+            for texture in w.TEXTURES:
+                suffix = {"stripes": " with stripes", "dots": " with dots"}.get(texture, "")
+                out.append((f"a large {c} {s}{suffix} on a {bg()} background", {"kind": "object", "texture": texture}))
+        return out
+    raise ValueError(f"unknown suite {suite!r}; known: {SUITES}")
+
+
+def generate(pipe, prompts: list[str], per_prompt: int, seed: int, steps: int, guidance: float) -> list:
+    """Images for each prompt x seeds seed..seed+per_prompt-1 (CPU generators), in prompt-major order."""
+    import torch
+
+    images = []
+    for i in range(0, len(prompts), 8):
+        chunk = [p for p in prompts[i:i + 8] for _ in range(per_prompt)]
+        gens = [torch.Generator().manual_seed(seed + k) for _ in prompts[i:i + 8] for k in range(per_prompt)]
+        images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
+    return images
+
+
+def score(suite: str, predictions: list[dict], expected: list[dict]) -> float:
+    """Fraction of images right on every attribute the suite asks for."""
+    def right(p, e):
+        if e["kind"] == "pair":
+            return p["kind"] == "pair" and sorted([(p["left_shape"], p["left_color"]),
+                                                   (p["right_shape"], p["right_color"])]) == e["objects"]
+        return all(p.get(k) == v for k, v in e.items())
+    return sum(right(p, e) for p, e in zip(predictions, expected)) / len(expected)
+
+
+def evaluate(pipe, judge, suites=SUITES, per_prompt: int = 4, seed: int = 0, steps: int = 25,
+             guidance: float = 5.0) -> dict[str, float]:
+    out = {}
+    for suite in suites:
+        pairs = suite_prompts(suite)
+        prompts = [p for p, _ in pairs]
+        expected = [e for _, e in pairs for _ in range(per_prompt)]
+        images = generate(pipe, prompts, per_prompt, seed, steps, guidance)
+        out[suite] = score(suite, judge.predict(images), expected)
+    return out
+
+
+def load_stock_pipeline(model: str):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main() -> None:
+    from personalize.components import TOYWORLD_DIR
+    from personalize.toyworld.judge import Judge
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(TOYWORLD_DIR))
+    parser.add_argument("--judge", default=None)
+    parser.add_argument("--per-prompt", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--suites", nargs="*", default=SUITES)
+    args = parser.parse_args()
+    result = evaluate(load_stock_pipeline(args.model), Judge.load(args.judge), args.suites, args.per_prompt,
+                      steps=args.steps, guidance=args.guidance)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
