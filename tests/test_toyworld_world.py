@@ -66,3 +66,20 @@ def test_attributes_change_the_pixels():
     for change in ({"texture": "stripes"}, {"texture": "dots"}, {"outline": True}, {"size": "small"},
                    {"color": "blue"}, {"shape": "circle"}):
         assert np.abs(px(**change) - plain).sum() > 500, change
+
+
+def test_judge_targets_and_accuracy_helpers():
+    from personalize.toyworld.judge import HEADS, accuracy, scene_targets, to_input
+
+    obj = w.Scene("object", "gray", [w.Obj("cross", "orange", "small", "dots", True)])
+    t = scene_targets(obj)
+    assert {k: HEADS[k][0][v] for k, v in t.items()} == {
+        "kind": "object", "shape": "cross", "color": "orange", "size": "small", "background": "gray",
+        "texture": "dots", "outline": "yes"}
+    face = scene_targets(w.Scene("face", "blue", identity=5, expression="smiling", accessory="hat"))
+    assert HEADS["hair_style"][0][face["hair_style"]] == w.identity_parts(5)["hair_style"] and "shape" not in face
+    x = to_input([w.render(obj)])
+    assert x.shape == (1, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
+    acc = accuracy([{"shape": "cross", "color": "red"}, {"shape": "circle", "color": "red"}],
+                   [{"shape": "cross", "color": "red"}, {"shape": "cross"}])
+    assert acc == {"color": 1.0, "shape": 0.5}

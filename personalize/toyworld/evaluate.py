@@ -112,9 +112,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--suites", nargs="*", default=SUITES)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = evaluate(load_stock_pipeline(args.model), Judge.load(args.judge), args.suites, args.per_prompt,
-                      steps=args.steps, guidance=args.guidance)
+                      seed=args.seed, steps=args.steps, guidance=args.guidance)
     print(json.dumps(result, indent=1))
 
 

@@ -213,6 +213,8 @@ def _draw_face(canvas, scene: Scene) -> None:
             d.rectangle([cx - (hw + 0.8) * s, cy - hh * 0.4 * s, cx - (hw - 0.8) * s, cy + 1 * s], fill=hair)
             d.rectangle([cx + (hw - 0.8) * s, cy - hh * 0.4 * s, cx + (hw + 0.8) * s, cy + 1 * s], fill=hair)
     ey, ex = cy - 1 * s, 3 * s
+    for sx in (-1, 1):  # eyebrows in the hair color: it stays visible on bald heads and under hats
+        d.rectangle([cx + sx * ex - 1.8 * s, ey - 3.4 * s, cx + sx * ex + 1.8 * s, ey - 2.4 * s], fill=hair)
     for sx in (-1, 1):
         d.ellipse([cx + sx * ex - 1 * s, ey - 1 * s, cx + sx * ex + 1 * s, ey + 1 * s], fill=(20, 20, 20))
     my = cy + 4 * s
