@@ -284,8 +284,7 @@ def examples_from_folder(folder, default_caption, what: str) -> list[Example]:
 def missing_class_images(folder: str | Path, num: int) -> list[int]:
     """Indices of `class-#####.png` files still to generate so that `folder` holds `num` class images."""
     folder = Path(folder)
-    have = len(list_images(folder, "data.class_data_dir")) if folder.is_dir() and any(
-        p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()) else 0
+    have = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()) if folder.is_dir() else 0
     todo = [i for i in range(num) if not (folder / f"class-{i:05d}.png").exists()]
     return todo[: max(0, num - have)]
 

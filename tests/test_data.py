@@ -152,3 +152,14 @@ def test_snr_weights_hand_computed():
                             prediction_type="v_prediction")
     assert torch.allclose(snr_weights(sched_v, t, 5.0), torch.tensor([5 / 10, (0.72 / 0.28) / (0.72 / 0.28 + 1)]),
                           atol=1e-5)
+
+
+def test_missing_class_images_tops_up_to_the_number_asked(tmp_path):
+    from personalize.data import missing_class_images
+
+    assert missing_class_images(tmp_path / "none", 3) == [0, 1, 2]
+    Image.new("RGB", (4, 4)).save(tmp_path / "class-00000.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "mine.jpg")  # a user's own class image counts too
+    (tmp_path / "mine.txt").write_text("a dog")
+    assert missing_class_images(tmp_path, 4) == [1, 2]
+    assert missing_class_images(tmp_path, 2) == []
