@@ -1,6 +1,6 @@
 """The toy world's judges: one small CNN with a head per attribute, trained on procedural images.
 
-    judge = Judge.load()                      # assets/toyworld/judge
+    judge = Judge.load()                      # assets/toyworld_judge
     judge.predict(images)                     # [{"kind": "object", "shape": "circle", ...}, ...]
     judge.embed(images)                       # (N, 256) unit vectors: the toy analogue of CLIP-I / DINO
     judge.identity_embedding(images)          # (N, 14) unit vectors: the toy analogue of ArcFace
@@ -95,7 +95,7 @@ class Judge:
 
         from personalize.components import TOYWORLD_DIR
 
-        folder = Path(folder or TOYWORLD_DIR / "judge")
+        folder = Path(folder or TOYWORLD_DIR.parent / "toyworld_judge")
         net = JudgeNet()
         net.load_state_dict(load_file(str(folder / "judge.safetensors")))
         return cls(net)
