@@ -1,6 +1,6 @@
-"""Train the toy world's judges (personalize.toyworld.judge) and write them to assets/toyworld/judge.
+"""Train the toy world's judges (personalize.toyworld.judge) and write them to assets/toyworld_judge.
 
-    python training/toyworld_judge.py --vae outputs/toyworld-train/vae.safetensors --out assets/toyworld/judge
+    python training/toyworld_judge.py --vae outputs/toyworld-train/vae.safetensors --out assets/toyworld_judge
 
 Data: procedural scenes of every combination (held-out ones included: the judge must read them), half of each
 batch passed through the toy VAE (encode, decode) plus a little noise, so the judge reads generated-looking
@@ -69,7 +69,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vae", default="outputs/toyworld-train/vae.safetensors")
-    parser.add_argument("--out", default=str(ROOT / "assets" / "toyworld" / "judge"))
+    parser.add_argument("--out", default=str(ROOT / "assets" / "toyworld_judge"))
     parser.add_argument("--n-train", type=int, default=40_000)
     parser.add_argument("--n-test", type=int, default=4_000)
     parser.add_argument("--epochs", type=int, default=6)
