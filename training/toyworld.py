@@ -107,7 +107,7 @@ def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
 
 def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args) -> tuple:
     """UNet + text encoder, jointly, from scratch; returns the EMA copies. Checkpoints are safetensors."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from personalize.toyworld.model import make_text_encoder, make_train_scheduler, make_unet
 
