@@ -225,7 +225,7 @@ def _train(config, stop_after: int | None) -> TrainResult:
         micro += 1
         with accelerator.accumulate(*run.modules):
             losses = method.training_step(batch, gen)
-            total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
+            total = sum(weights.get(k, 1.0) * v for k, v in losses.items() if k.startswith("loss_"))
             accelerator.backward(total)
             if accelerator.sync_gradients and train_cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)

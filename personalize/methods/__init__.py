@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from personalize.methods import custom_diffusion, dreambooth, lora, textual_inversion
+from personalize.methods import classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion
 from personalize.methods.parts import MethodError
 
 METHODS = {
@@ -22,6 +22,8 @@ METHODS = {
     "dreambooth": dreambooth,
     "custom_diffusion": custom_diffusion,
     "lora": lora,
+    "classdiffusion": classdiffusion,  # regularizers over a base (module attribute BASES)
+    "sude": sude,
 }
 
 
@@ -34,6 +36,7 @@ class TrainingMethod(Protocol):
     def trainable_modules(self) -> dict[str, torch.nn.Module]: ...
     def use_modules(self, modules: dict[str, torch.nn.Module]) -> None: ...
     def dataloader(self, start_micro: int, rank: int, world: int, class_examples=None) -> typing.Iterable[dict]: ...
+    # 'loss_*' terms are weighted by `loss_weights` (default 1) and summed; other keys (a gate rate) are only logged
     def training_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
     def loss_weights(self) -> dict[str, float]: ...
     def trainable_state(self) -> dict[str, torch.Tensor]: ...
@@ -54,22 +57,43 @@ def method_module(name: str | None):
 
 
 def parse_options(name: str, section: dict):
-    """The `method:` config section -> the method's `Options`; a key of another method is named as such."""
+    """The `method:` config section -> the method's `Options`; a key of another method is named as such.
+
+    A regularizer (a module with `BASES`: classdiffusion, sude) takes its own keys; the other keys are options of
+    its `base` and are parsed into `options.base_options`."""
+    module = method_module(name)
+    if not hasattr(module, "BASES"):
+        return _parse(name, module.Options, section)
+    own = {f.name for f in dataclasses.fields(module.Options)} - {"base_options"}
+    options = _parse(name, module.Options, {k: v for k, v in section.items() if k in own}, own)
+    if options.base not in module.BASES:
+        from personalize.config import ConfigError
+
+        raise ConfigError(f"config key 'method.base' of {name} must be one of {', '.join(module.BASES)}, "
+                          f"got {options.base!r}")
+    rest = {k: v for k, v in section.items() if k not in own}
+    options.base_options = _parse(options.base, METHODS[options.base].Options, rest | {"name": options.name},
+                                  set(own), regularizer=name)
+    return options
+
+
+def _parse(name: str, options_cls, section: dict, also: set | None = None, regularizer: str | None = None):
     from personalize.config import ConfigError, _coerce
 
-    module = method_module(name)
-    fields = {f.name: f for f in dataclasses.fields(module.Options)}
-    hints = typing.get_type_hints(module.Options)
+    fields = {f.name for f in dataclasses.fields(options_cls)} - {"base_options"}
+    hints = typing.get_type_hints(options_cls)
     values = {}
     for key, value in section.items():
         if key not in fields:
             owners = [m for m, mod in METHODS.items()
                       if hasattr(mod, "Options") and key in {f.name for f in dataclasses.fields(mod.Options)}]
             where = f"it belongs to method {' / '.join(owners)}, not {name}" if owners else "no method has it"
-            raise ConfigError(f"config key 'method.{key}' is not an option of method {name!r} ({where}); "
-                              f"options of {name}: {', '.join(fields)}")
+            known = sorted(fields | (also or set()))
+            label = f"{regularizer} (base {name})" if regularizer else name
+            raise ConfigError(f"config key 'method.{key}' is not an option of method {label} ({where}); "
+                              f"options: {', '.join(known)}")
         values[key] = _coerce(value, hints[key], f"method.{key}")
-    return module.Options(**values)
+    return options_cls(**values)
 
 
 def build_method(config) -> TrainingMethod:

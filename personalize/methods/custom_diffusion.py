@@ -26,14 +26,19 @@ class Options:
     rescale_aug: bool = True
 
 
-def build(options: Options, config) -> Tuner:
+def make_spec(options: Options) -> TunerSpec:
+    """What trains (also the base of the regularizers, classdiffusion and sude)."""
     if options.freeze_model not in ("crossattn_kv", "crossattn"):
         raise MethodError(f"method.freeze_model must be 'crossattn_kv' or 'crossattn', got {options.freeze_model!r}")
     spec = TunerSpec(
         name=options.name, tokens=[(options.modifier_token, options.initializer_token, 1)],
         unet=options.freeze_model, masked_loss=options.rescale_aug, rescale_aug=options.rescale_aug,
     )
-    return Tuner(spec, config)
+    return spec
+
+
+def build(options: Options, config) -> Tuner:
+    return Tuner(make_spec(options), config)
 
 
 apply = common.apply_parts

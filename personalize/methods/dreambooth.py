@@ -18,8 +18,13 @@ class Options:
     train_text_encoder: bool = False
 
 
+def make_spec(options: Options) -> TunerSpec:
+    """What trains (also the base of the regularizers, classdiffusion and sude)."""
+    return TunerSpec(name=options.name, unet="full", train_text_encoder=options.train_text_encoder)
+
+
 def build(options: Options, config) -> Tuner:
-    return Tuner(TunerSpec(name=options.name, unet="full", train_text_encoder=options.train_text_encoder), config)
+    return Tuner(make_spec(options), config)
 
 
 apply = common.apply_parts

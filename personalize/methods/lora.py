@@ -19,12 +19,17 @@ class Options:
     target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
 
 
-def build(options: Options, config) -> Tuner:
+def make_spec(options: Options) -> TunerSpec:
+    """What trains (also the base of the regularizers, classdiffusion and sude)."""
     if options.rank < 1:
         raise MethodError(f"method.rank must be a positive integer, got {options.rank}")
     spec = TunerSpec(name=options.name, unet="lora", lora_rank=options.rank, lora_alpha=options.alpha,
                      lora_targets=tuple(options.target_modules))
-    return Tuner(spec, config)
+    return spec
+
+
+def build(options: Options, config) -> Tuner:
+    return Tuner(make_spec(options), config)
 
 
 apply = common.apply_parts

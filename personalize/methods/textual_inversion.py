@@ -20,7 +20,8 @@ class Options:
     learnable_property: str = "object"  # caption templates when data.instance_prompt is unset: object | style
 
 
-def build(options: Options, config) -> Tuner:
+def make_spec(options: Options) -> TunerSpec:
+    """What trains (also the base of the regularizers, classdiffusion and sude)."""
     if options.learnable_property not in TEMPLATES:
         from personalize.methods.parts import MethodError
 
@@ -30,7 +31,11 @@ def build(options: Options, config) -> Tuner:
         name=options.name, tokens=[(options.placeholder_token, options.initializer_token, options.num_vectors)],
         templates=TEMPLATES[options.learnable_property],
     )
-    return Tuner(spec, config)
+    return spec
+
+
+def build(options: Options, config) -> Tuner:
+    return Tuner(make_spec(options), config)
 
 
 apply = common.apply_parts

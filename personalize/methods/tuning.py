@@ -10,6 +10,7 @@ Regularizers (ClassDiffusion, SuDe) extend `training_step` through `extra_losses
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -51,13 +52,21 @@ class StepContext:
     generator: torch.Generator
 
 
+class Regularizer(Protocol):
+    """An extra loss on top of a base (ClassDiffusion's SPL, SuDe): set up after the base, called each step."""
+
+    def setup(self, tuner: "Tuner") -> None: ...
+    def losses(self, tuner: "Tuner", ctx: StepContext) -> dict[str, torch.Tensor]: ...  # "loss_*" + stats
+    def loss_weights(self) -> dict[str, float]: ...
+
+
 class Tuner:
     """The method protocol for personalization bases (see module docstring)."""
 
-    def __init__(self, spec: TunerSpec, config):
+    def __init__(self, spec: TunerSpec, config, regularizers: tuple[Regularizer, ...] = ()):
         if spec.unet not in UNET_MODES:
             raise MethodError(f"unet mode {spec.unet!r} is not one of {UNET_MODES}")
-        self.spec, self.config = spec, config
+        self.spec, self.config, self.regularizers = spec, config, tuple(regularizers)
         data, train = config.data, config.train
         default = data.instance_prompt if data.instance_prompt is not None else spec.templates
         if not spec.tokens and "{}" in (data.instance_prompt or ""):
@@ -100,6 +109,8 @@ class Tuner:
         if self.rows:
             self.rows.make_trainable(c.text_encoder)
         self._place(train.gradient_checkpointing)
+        for reg in self.regularizers:
+            reg.setup(self)
 
     def _place(self, checkpointing: bool) -> None:
         c = self.c
@@ -138,7 +149,10 @@ class Tuner:
         return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
 
     def loss_weights(self) -> dict[str, float]:
-        return {"loss_prior": self.config.train.prior_loss_weight}
+        weights = {"loss_prior": self.config.train.prior_loss_weight}
+        for reg in self.regularizers:
+            weights |= reg.loss_weights()
+        return weights
 
     # ------------------------------------------------------------------------------------ data
 
@@ -233,7 +247,10 @@ class Tuner:
 
     def extra_losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Regularizer terms (ClassDiffusion's SPL, SuDe); none for the plain bases."""
-        return {}
+        out: dict[str, torch.Tensor] = {}
+        for reg in self.regularizers:
+            out |= reg.losses(self, ctx)
+        return out
 
     # ------------------------------------------------------------------------------------ outputs
 
