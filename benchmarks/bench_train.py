@@ -21,10 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASES = ["textual_inversion", "lora", "custom_diffusion", "dreambooth"]
+# regularizers: (label, method section, the base whose step it is compared with)
+REGULARIZERS = [
+    ("classdiffusion on custom_diffusion", {"name": "classdiffusion", "class_word": "dog"}, "custom_diffusion"),
+    ("sude on dreambooth", {"name": "sude", "class_word": "dog"}, "dreambooth"),
+    ("sude on custom_diffusion", {"name": "sude", "class_word": "dog", "base": "custom_diffusion"},
+     "custom_diffusion"),
+]
 MARK = "## Training step per base (bench_train.py)"
 
 
-def one(method: str, model: Path, data: Path, steps: int, device: str) -> dict:
+def one(method: dict, model: Path, data: Path, steps: int, device: str) -> dict:
     import resource
 
     import torch
@@ -38,7 +45,7 @@ def one(method: str, model: Path, data: Path, steps: int, device: str) -> dict:
             "data": {"instance_data_dir": str(data), "instance_prompt": "a photo of sks dog"},
             "train": {"output_dir": str(out), "max_train_steps": n, "checkpointing_steps": 10**6,
                       "report_to": "none"},
-            "method": {"name": method},
+            "method": method,
         })
         start = time.perf_counter()
         result = train(cfg)
@@ -54,7 +61,7 @@ def one(method: str, model: Path, data: Path, steps: int, device: str) -> dict:
         long = run(2 + steps, Path(tmp) / "long")
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"method": method, "sec_per_step": (long - short) / steps, "peak_mb": peak / 2**20,
+    return {"method": method["name"], "sec_per_step": (long - short) / steps, "peak_mb": peak / 2**20,
             "trainable": run.trainable}
 
 
@@ -81,6 +88,16 @@ def table(rows: list[dict], steps: int, device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def regularizer_table(rows: dict[str, dict]) -> str:
+    lines = ["", "Regularizers, each against its base in the same run (goals: ClassDiffusion <= 1.05x, "
+             "SuDe <= 1.4x):", "", "| method | s/step | x base | peak memory (MB) | x base |", "|---|---|---|---|---|"]
+    for label, _, base in REGULARIZERS:
+        r, b = rows[label], rows[base]
+        lines.append(f"| {label} | {r['sec_per_step']:.4f} | {r['sec_per_step'] / b['sec_per_step']:.2f} | "
+                     f"{r['peak_mb']:.0f} | {r['peak_mb'] / b['peak_mb']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_section(text: str) -> None:
     path = ROOT / "benchmarks" / "BENCHMARKS.md"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -99,7 +116,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "MODEL", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], Path(args.one[1]), Path(args.one[2]), args.steps, args.device)))
+        print(json.dumps(one(json.loads(args.one[0]), Path(args.one[1]), Path(args.one[2]), args.steps, args.device)))
         return
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers import write_concept_images
@@ -109,14 +126,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_model(Path(tmp) / "model", ROOT / "tests" / "fixtures" / "clip_tokenizer", "sd1")
         data = write_concept_images(Path(tmp) / "data")
-        rows = []
-        for method in BASES:
+        rows = {}
+        arms = [(m, {"name": m}) for m in BASES] + [(label, section) for label, section, _ in REGULARIZERS]
+        for label, section in arms:
             proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
-                                   "--one", method, str(model), str(data)], capture_output=True, text=True)
+                                   "--one", json.dumps(section), str(model), str(data)],
+                                  capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(proc.stderr[-2000:])
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    text = table(rows, args.steps, args.device)
+            rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    text = table([rows[m] for m in BASES], args.steps, args.device) + regularizer_table(rows)
     print(text)
     if args.write:
         write_section(text)

@@ -80,7 +80,7 @@ def test_base_yaml_states_every_default():
     assert base == to_dict(Config())
 
 
-METHOD_CONFIGS = ["textual_inversion", "dreambooth", "custom_diffusion", "lora"]
+METHOD_CONFIGS = ["textual_inversion", "dreambooth", "custom_diffusion", "lora", "classdiffusion", "sude"]
 
 
 @pytest.mark.parametrize("name", METHOD_CONFIGS)

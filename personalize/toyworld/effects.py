@@ -5,8 +5,10 @@ Its example images are all large, plain circles; the composition prompts ask for
 stripes, dots) on fixed seeds, and the judge scores each image:
 
   - composition: the fraction of asked attributes (size, texture, background) the image has;
-  - fidelity:    cosine similarity of the judge's embedding to the mean embedding of the subject images,
-                 and the fraction of images that keep the subject's look (circle, yellow, outline).
+  - fidelity:    cosine similarity of the judge's embedding to the mean embedding of the subject images
+                 (it also drops when an image follows the prompt: small or striped is further from the
+                 large plain examples), and `look`, the fraction of images that keep the subject's own
+                 attributes (circle, yellow, outline); `category`, the fraction that are circles.
 
 `compare(arms, ...)` trains each arm (a `method:` section) on the same images and seeds and returns the scores.
 """
@@ -55,7 +57,8 @@ def scores(judge, images, expected: list[dict], subject_images) -> dict[str, flo
     look = [p.get("shape") == "circle" and p.get("color") == "yellow" and p.get("outline") == "yes" for p in preds]
     return {"composition": sum(asked) / len(asked),
             "fidelity": float((judge.embed(images) @ center).mean()),
-            "look": sum(look) / len(look)}
+            "look": sum(look) / len(look),
+            "category": sum(p.get("shape") == "circle" for p in preds) / len(preds)}
 
 
 def evaluate(pipe, judge, trigger: str, subject_images, seeds: int = 8, steps: int = 25,
@@ -92,3 +95,18 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
         pipe.add_artifact(str(artifact))
         results[name] = evaluate(pipe, judge, trigger, subject_images, seeds)
     return results
+
+
+def arms_from_config(path: str | Path) -> tuple[dict[str, dict], dict, str | None]:
+    """A regularizer's config -> arms {base, regularized} (the same base options), train section, prompt."""
+    import dataclasses
+
+    import yaml
+
+    from personalize.methods import METHODS
+
+    raw = yaml.safe_load(Path(path).read_text())
+    method = raw["method"]
+    own = {f.name for f in dataclasses.fields(METHODS[method["name"]].Options)} - {"name"}
+    base = {"name": method.get("base")} | {k: v for k, v in method.items() if k not in own and k != "name"}
+    return {"base": base, "regularized": method}, raw.get("train", {}), raw.get("data", {}).get("instance_prompt")
