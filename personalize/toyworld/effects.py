@@ -71,9 +71,11 @@ def evaluate(pipe, judge, trigger: str, subject_images, seeds: int = 8, steps: i
 
 
 def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int = 5, seeds: int = 8,
-            trigger: str = "sks", instance_prompt: str | None = None) -> dict[str, dict[str, float]]:
+            trigger: str = "sks", instance_prompt: str | None = None,
+            data: dict | None = None) -> dict[str, dict[str, float]]:
     """Train every arm (name -> `method:` section) on the same subject images; score each artifact.
-    `instance_prompt` (e.g. 'a {} circle') replaces the images' captions, as DreamBooth's one prompt does."""
+    `instance_prompt` (e.g. 'a {} circle') replaces the images' captions, as DreamBooth's one prompt does;
+    `data` adds other data keys (class_prompt, num_class_images for prior preservation)."""
     from PIL import Image
 
     from personalize.config import load_config
@@ -82,11 +84,13 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
     from personalize.trainer import train as run_training
 
     out = Path(out)
-    data = write_subject(out / "subject", n_images, trigger, captions=instance_prompt is None)
-    subject_images = [Image.open(p).convert("RGB") for p in sorted(data.glob("*.png"))]
+    folder = write_subject(out / "subject", n_images, trigger, captions=instance_prompt is None)
+    subject_images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
     judge, results = Judge.load(), {}
     for name, method in arms.items():
-        cfg = load_config([], {"data": {"instance_data_dir": str(data), "instance_prompt": instance_prompt},
+        data_section = {"instance_data_dir": str(folder), "instance_prompt": instance_prompt,
+                        "class_data_dir": str(out / "class")} | (data or {})
+        cfg = load_config([], {"data": data_section,
                                "train": {"output_dir": str(out / name), "report_to": "none",
                                          "checkpointing_steps": 100_000} | train,
                                "method": method})
