@@ -13,10 +13,10 @@ from personalize.toyworld.effects import arms_from_config, compare
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toyworld"
 
 
-def _run(name, tmp_path, n_images):
+def _run(name, tmp_path, n_images, subject="circle"):
     arms, train, prompt = arms_from_config(CONFIGS / f"{name}.yaml")
     train = {k: v for k, v in train.items() if k not in ("output_dir", "validation_prompt")}
-    return compare(arms, tmp_path, train, n_images=n_images, instance_prompt=prompt)
+    return compare(arms, tmp_path, train, n_images=n_images, instance_prompt=prompt, subject=subject)
 
 
 def test_classdiffusion_keeps_compositions_custom_diffusion_loses(tmp_path):
@@ -29,14 +29,13 @@ def test_classdiffusion_keeps_compositions_custom_diffusion_loses(tmp_path):
     assert reg["look"] >= base["look"] - 0.05, r  # the subject's own attributes are kept as often
 
 
-def test_sude_pulls_the_one_shot_subject_toward_its_look_not_toward_compositions(tmp_path):
-    """What SuDe measurably does in the toy world (one image, DreamBooth, instance prompt 'a sks', weight 1.6):
-    look 0.60 -> 0.80 and embedding fidelity 0.81 -> 0.89, but composition 0.875 -> 0.54. The paper's effect
-    (compositions kept) is NOT reproduced here: with the class word in the prompt ('a sks circle') the gate
-    fires on ~1 % of steps and the arms are equal; without it, the push along eps(category) - eps(uncond) at the
-    subject's own noisy latent acts as extra guidance toward the subject. This test pins the measured direction
-    (margin 0.1, half the measured +0.2) so a change in the loss shows; see issue 5's closing note."""
-    r = _run("sude", tmp_path, 1)
+def test_sude_keeps_compositions_of_a_one_shot_face(tmp_path):
+    """One photo of a held-out face identity, DreamBooth vs DreamBooth + SuDe (weight 5, category 'person').
+    Measured: composition (expression, accessory, background asked) 0.22 -> 0.39, identity cosine 0.995 ->
+    0.997. Margin 0.08: half the measured gain, about one binomial standard error over these 64 checks; runs
+    are deterministic on one torch build. (On the circle subject SuDe does not show this effect: the subject
+    never stops being a 'circle' to the model; see configs/toyworld/sude.yaml and issue 5's note.)"""
+    r = _run("sude", tmp_path, 1, subject="face")
     base, reg = r["base"], r["regularized"]
-    assert reg["look"] >= base["look"] + 0.1, r
-    assert reg["category"] >= base["category"] - 0.05, r  # still a circle as often
+    assert reg["composition"] >= base["composition"] + 0.08, r
+    assert reg["identity"] >= base["identity"] - 0.03, r  # the person stays who they are

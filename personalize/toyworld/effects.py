@@ -10,6 +10,10 @@ stripes, dots) on fixed seeds, and the judge scores each image:
                  large plain examples), and `look`, the fraction of images that keep the subject's own
                  attributes (circle, yellow, outline); `category`, the fraction that are circles.
 
+The second subject (`subject="face"`) is one photo of a held-out face identity (never named, never trained
+on); its compositions ask for expressions, accessories and backgrounds, and fidelity is the cosine of the
+judge's identity embedding (face shape, skin, hair) to the photo's.
+
 `compare(arms, ...)` trains each arm (a `method:` section) on the same images and seeds and returns the scores.
 """
 
@@ -48,6 +52,36 @@ def write_subject(folder: str | Path, n: int = 5, trigger: str = "sks", seed: in
     return folder
 
 
+FACE_IDENTITY = sorted(w.HELD_OUT_IDENTITIES)[3]
+FACE_COMPOSITIONS = {
+    "a photo of a smiling {} person on a green background": {"expression": "smiling", "face_background": "green"},
+    "a photo of a surprised {} person on a white background": {"expression": "surprised",
+                                                               "face_background": "white"},
+    "a photo of a neutral {} person wearing a hat on a gray background": {"accessory": "hat",
+                                                                          "face_background": "gray"},
+    "a photo of a smiling {} person wearing glasses on a blue background": {"expression": "smiling",
+                                                                            "accessory": "glasses"},
+}
+
+
+def write_face(folder: str | Path) -> Path:
+    """One photo of the held-out identity FACE_IDENTITY, neutral, on blue, without caption files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0.txt").unlink(missing_ok=True)
+    w.render(w.Scene("face", "blue", identity=FACE_IDENTITY)).save(folder / "0.png")
+    return folder
+
+
+def face_scores(judge, images, expected: list[dict], subject_images) -> dict[str, float]:
+    preds = judge.predict(images)
+    asked = [(p.get(k) == v) for p, e in zip(preds, expected) for k, v in e.items()]
+    ref = judge.identity_embedding(subject_images).mean(0)
+    return {"composition": sum(asked) / len(asked),
+            "identity": float((judge.identity_embedding(images) @ (ref / ref.norm())).mean()),
+            "category": sum(p["kind"] == "face" for p in preds) / len(preds)}
+
+
 def scores(judge, images, expected: list[dict], subject_images) -> dict[str, float]:
     """Composition and fidelity of `images` (one expected-attribute dict per image)."""
     preds = judge.predict(images)
@@ -62,17 +96,18 @@ def scores(judge, images, expected: list[dict], subject_images) -> dict[str, flo
 
 
 def evaluate(pipe, judge, trigger: str, subject_images, seeds: int = 8, steps: int = 25,
-             guidance: float = 5.0) -> dict[str, float]:
-    prompts = [p.replace("{}", trigger) for p in COMPOSITIONS]
+             guidance: float = 5.0, subject: str = "circle") -> dict[str, float]:
+    compositions, scorer = (FACE_COMPOSITIONS, face_scores) if subject == "face" else (COMPOSITIONS, scores)
+    prompts = [p.replace("{}", trigger) for p in compositions]
     images = [g.image for g in pipe.generate(prompts, num_images=seeds, seed=1000, steps=steps,
                                              guidance_scale=guidance)]
-    expected = [e for e in COMPOSITIONS.values() for _ in range(seeds)]
-    return scores(judge, images, expected, subject_images)
+    expected = [e for e in compositions.values() for _ in range(seeds)]
+    return scorer(judge, images, expected, subject_images)
 
 
 def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int = 5, seeds: int = 8,
             trigger: str = "sks", instance_prompt: str | None = None,
-            data: dict | None = None) -> dict[str, dict[str, float]]:
+            data: dict | None = None, subject: str = "circle") -> dict[str, dict[str, float]]:
     """Train every arm (name -> `method:` section) on the same subject images; score each artifact.
     `instance_prompt` (e.g. 'a {} circle') replaces the images' captions, as DreamBooth's one prompt does;
     `data` adds other data keys (class_prompt, num_class_images for prior preservation)."""
@@ -84,7 +119,8 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
     from personalize.trainer import train as run_training
 
     out = Path(out)
-    folder = write_subject(out / "subject", n_images, trigger, captions=instance_prompt is None)
+    folder = (write_face(out / "subject") if subject == "face"
+              else write_subject(out / "subject", n_images, trigger, captions=instance_prompt is None))
     subject_images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
     judge, results = Judge.load(), {}
     for name, method in arms.items():
@@ -97,7 +133,7 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
         artifact = run_training(cfg).artifact
         pipe = load_pipeline("toyworld", device="cpu")
         pipe.add_artifact(str(artifact))
-        results[name] = evaluate(pipe, judge, trigger, subject_images, seeds)
+        results[name] = evaluate(pipe, judge, trigger, subject_images, seeds, subject=subject)
     return results
 
 
