@@ -79,7 +79,8 @@ def sude_terms(eps_s, eps_c, eps_u, x_t, t, alphas_cumprod, truncate: str = "ref
 
     l_raw = raw(mu_s)
     if truncate == "reference":
-        gate = (l_raw.detach() > raw(mean_from(eps_c.to(eps_s.dtype), False))).to(eps_s.dtype)
+        x_c = mean_from(eps_c.to(eps_s.dtype), False) if clamp_x0 else mu_c  # the category's unclamped mean
+        gate = (l_raw.detach() > raw(x_c)).to(eps_s.dtype)
     else:
         gate = torch.ones_like(l_raw)
     return gate * l_raw / k["coef1"].flatten(), gate
