@@ -149,22 +149,30 @@ class Pipeline:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
 
     def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
-                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None) -> dict:
+                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
+                 suppress=None, suppress_mode: str = "swr", suppress_options: dict | None = None) -> dict:
         """Everything that determines one image, as stored in its PNG text chunk."""
-        return {
+        out = {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
             "guidance_scale": guidance_scale, "height": height or self.native_size,
             "width": width or self.native_size, "base": self.base,
             "scheduler": type(self.sd.scheduler).__name__, "artifacts": [a.name for a in self.artifacts],
         }
+        if suppress:
+            out["suppress"] = _suppression(suppress, suppress_mode, suppress_options).describe()
+        return out
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
-                 **kwargs) -> list[GeneratedImage]:
+                 suppress: str | list[str] | None = None, suppress_mode: str = "swr",
+                 suppress_options: dict | None = None, **kwargs) -> list[GeneratedImage]:
         """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
 
         `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
+        `suppress`: words or spans of the prompt to leave out (SuppressEOT, `methods/suppress_eot.py`), by soft-
+        weighted regularization of the text embedding (`suppress_mode="swr"`) plus inference-time optimization
+        (`"swr+ito"`); `suppress_options` sets the `Suppression` fields (alpha, retain_fraction, ito_iters, ...).
         Extra keyword arguments go to the diffusers pipeline call unchanged."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) for p in prompts):
@@ -185,16 +193,34 @@ class Pipeline:
         # on every device (A1111's "CPU" RNG source); diffusers moves the noise to the model's device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         neg = None if all(n is None for n in negatives) else [n or "" for n in negatives]
-        out = self.sd(
-            prompt=prompts, negative_prompt=neg, num_images_per_prompt=num_images, generator=generators,
-            num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width, **kwargs,
-        )
+        call, cleanup = {"prompt": prompts, "negative_prompt": neg, "num_images_per_prompt": num_images}, None
+        if suppress:
+            from personalize.methods.suppress_eot import suppressed_call
+
+            if "callback_on_step_end" in kwargs:
+                raise PersonalizeError("suppress uses callback_on_step_end itself; pass one or the other")
+            supp = _suppression(suppress, suppress_mode, suppress_options)
+            call, cleanup = suppressed_call(self.sd, prompts, neg, num_images, steps, guidance_scale, supp)
+        try:
+            out = self.sd(**call, generator=generators, num_inference_steps=steps, guidance_scale=guidance_scale,
+                          height=height, width=width, **kwargs)
+        finally:
+            if cleanup:
+                cleanup()
+        extra = {"suppress": suppress, "suppress_mode": suppress_mode, "suppress_options": suppress_options}
         results = []
         for j, image in enumerate(out.images):
             p = j // num_images
-            settings = self.settings(prompts[p], seeds[j], negatives[p], steps, guidance_scale, height, width)
+            settings = self.settings(prompts[p], seeds[j], negatives[p], steps, guidance_scale, height, width,
+                                     **extra)
             results.append(GeneratedImage(image, settings))
         return results
+
+
+def _suppression(words, mode: str, options: dict | None):
+    from personalize.methods.suppress_eot import make_suppression
+
+    return make_suppression(words, mode, options)
 
 
 def pipeline_from_components(comps: Components, device=None, dtype=None, scheduler: str | None = None) -> Pipeline:
