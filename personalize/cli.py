@@ -29,6 +29,28 @@ def _add_generate(sub) -> None:
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
     p.add_argument("--safety-checker", action="store_true", help="run the model's safety checker (off by default)")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("content suppression (SuppressEOT)")
+    g.add_argument("--suppress", action="append", default=[], metavar="WORDS",
+                   help="a word or span of every prompt to leave out of the images (repeatable)")
+    g.add_argument("--suppress-mode", default="swr", choices=["swr", "swr+ito"],
+                   help="swr: edit the text embedding only (about free); swr+ito: plus attention-loss optimization")
+    g.add_argument("--suppress-alpha", type=float, default=None, help="SWR strength (default 1; < 0 strengthens)")
+    g.add_argument("--suppress-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other Suppression setting, e.g. retain_fraction=0.3, ito_iters=5 (repeatable)")
+
+
+def _suppress_options(args) -> dict:
+    import yaml
+
+    options = {} if args.suppress_alpha is None else {"alpha": args.suppress_alpha}
+    for item in args.suppress_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PersonalizeError(f"--suppress-option {item!r}: expected KEY=VALUE, e.g. retain_fraction=0.3")
+        options[key.strip()] = yaml.safe_load(value)
+    if options and not args.suppress:
+        raise PersonalizeError("--suppress-alpha/--suppress-option need --suppress WORDS")
+    return options
 
 
 def _add_convert(sub) -> None:
@@ -71,15 +93,21 @@ def cmd_generate(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
+    suppress_options = _suppress_options(args)  # bad options fail before the model loads
     state = process_state()
     pipe = load_pipeline(args.base, args.artifact, device=args.device or state.device, dtype=args.dtype,
                          scheduler=args.scheduler, local_files_only=args.local_files_only,
                          safety_checker=args.safety_checker)
     prompts = fill_trigger(prompts, [t for a in pipe.artifacts for t in a.triggers])
+    suppress = {}
+    if args.suppress:
+        suppress = {"suppress": args.suppress, "suppress_mode": args.suppress_mode,
+                    "suppress_options": suppress_options or None}
+        pipe.check_suppress(prompts, **suppress)  # every prompt, before the first image is written
     records = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
-        height=args.height, width=args.width,
+        height=args.height, width=args.width, **suppress,
     )
     if state.is_main_process:
         print(f"{len(records)} images in {args.out} (grid.png, results.jsonl)")

@@ -45,6 +45,9 @@ class GeneratedImage:
             text += f"Negative prompt: {s['negative_prompt']}\n"
         text += f"Steps: {s['steps']}, CFG scale: {s['guidance_scale']}, Seed: {s['seed']}, "
         text += f"Size: {s['width']}x{s['height']}, Model: {s['base']}"
+        if s.get("suppress"):
+            supp = s["suppress"]
+            text += f", Suppress: {', '.join(supp['words'])} (alpha {supp['alpha']}, ITO {supp['ito_iters']})"
         info.add_text("parameters", text)
         info.add_text("personalize", json.dumps(s, sort_keys=True))
         return info
@@ -147,6 +150,17 @@ class Pipeline:
 
     def set_scheduler(self, name: str) -> None:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
+
+    def check_suppress(self, prompts: list[str], suppress, suppress_mode: str = "swr",
+                       suppress_options: dict | None = None) -> None:
+        """Raise a clear error if a suppression setting is bad or a word is not in one of `prompts`."""
+        from personalize.methods.suppress_eot import suppress_positions
+
+        supp = _suppression(suppress, suppress_mode, suppress_options)
+        length = self.sd.tokenizer.model_max_length
+        for prompt in prompts:
+            suppress_positions(self.sd.tokenizer, self.sd.maybe_convert_prompt(prompt, self.sd.tokenizer),
+                               supp.words, length)
 
     def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,

@@ -77,6 +77,11 @@ def _bad_inputs(tmp_path: Path) -> dict:
         "missing GPU": (["--device", "cuda"], "sees no CUDA GPU"),
         "bad scheduler": (["--scheduler", "heun2"], "scheduler 'heun2' is not known"),
         "no safety checker": (["--safety-checker"], "has none"),
+        "suppress word not in a prompt": (["--prompt", "a dog", "--prompt", "a cat", "--suppress", "dog"],
+                                          "'dog': it is not a word or span of the prompt 'a cat'"),
+        "suppress option without words": (["--suppress-alpha", "2"], "need --suppress"),
+        "unknown suppress option": (["--suppress", "dog", "--suppress-option", "alhpa=1"], "unknown suppress option"),
+        "suppress option format": (["--suppress", "dog", "--suppress-option", "alpha"], "expected KEY=VALUE"),
     }
 
 

@@ -123,6 +123,8 @@ def test_settings_errors_name_the_problem():
         se.make_suppression(["x"], "swr", {"alhpa": 1})
     with pytest.raises(se.SuppressError, match="retain_fraction"):
         se.Suppression(retain_fraction=1.0)
+    with pytest.raises(se.SuppressError, match="at least one non-empty word"):
+        se.make_suppression(["  "], "swr")
     assert se.make_suppression("x", "swr", {"ito_iters": 5}).ito_iters == 0
     assert se.make_suppression(["x"], "swr+ito").ito_iters == 10
 

@@ -24,7 +24,7 @@ METHODS = {
     "lora": lora,
     "classdiffusion": classdiffusion,  # regularizers over a base (module attribute BASES)
     "sude": sude,
-}
+}  # content suppression (SuppressEOT) trains nothing and has no artifact: `Pipeline.generate(suppress=...)`
 
 
 class TrainingMethod(Protocol):

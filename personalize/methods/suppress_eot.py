@@ -203,7 +203,10 @@ def make_suppression(words, suppress_mode: str = "swr", options: dict | None = N
         opts["ito_iters"] = 0
     elif opts["ito_iters"] < 1:
         raise SuppressError("suppress_mode 'swr+ito' needs ito_iters >= 1 (use 'swr' for no optimization)")
-    return Suppression(words=words, **opts)
+    supp = Suppression(words=words, **opts)
+    if not supp.words:
+        raise SuppressError("suppress needs at least one non-empty word or span of the prompt")
+    return supp
 
 
 class StepHook:
@@ -242,7 +245,7 @@ def suppressed_call(sd, prompts: list[str], negatives, num_images: int, steps: i
     layers active); SWR edits the conditional rows only, never the unconditional/negative ones."""
     from personalize.methods.suppress_ito import TokenSets
 
-    device = sd._execution_device
+    device = sd._execution_device if hasattr(sd.unet, "_hf_hook") else sd.unet.device  # (offloaded or not)
     cfg = guidance_scale > 1 and sd.unet.config.time_cond_proj_dim is None
     cond, uncond = sd.encode_prompt(prompts, device, num_images, cfg, negative_prompt=negatives)  # (P*N, L, D)
     expanded = [sd.maybe_convert_prompt(p, sd.tokenizer) for p in prompts]  # multi-vector triggers spelled out

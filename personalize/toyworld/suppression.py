@@ -1,0 +1,72 @@
+"""Measuring content suppression (SuppressEOT) in the toy world.
+
+Each case is a prompt that names an attribute the toy model reliably draws and that the user wants gone, the
+words to suppress, the judge's head and value that detect it, and the attributes the prompt keeps. The same
+prompts and seeds are generated under several arms (no suppression, a plain negative prompt, SWR, SWR+ITO); for
+each arm the result is the detection rate of the suppressed attribute and the rate of each kept attribute,
+pooled over the cases.
+
+    from personalize.toyworld.suppression import CASES, ARMS, measure
+    measure(load_pipeline("toyworld"), Judge.load(), CASES, ARMS, seeds=12)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Case:
+    prompt: str
+    words: str  # what to suppress: a word or span of the prompt
+    gone: tuple[str, str]  # (judge head, value) that detects it
+    keep: dict = field(default_factory=dict)  # judge head -> value the prompt asks for and should keep
+
+
+def _texture_cases() -> list[Case]:
+    """One seen (shape, color) pair per shape, each with stripes and with dots; kept: an object of that color."""
+    pairs = [("circle", "red"), ("square", "blue"), ("triangle", "yellow"), ("cross", "green")]
+    return [Case(f"a large {color} {shape} with {texture}", texture, ("texture", texture),
+                 {"kind": "object", "color": color, "shape": shape})
+            for shape, color in pairs for texture in ("stripes", "dots")]
+
+
+def _accessory_cases() -> list[Case]:
+    """Faces with glasses or a hat (the held-out 'surprised wearing a hat' left out); kept: a face, the expression."""
+    return [Case(f"a photo of a {e} person wearing {a}", a.split()[-1], ("accessory", a.split()[-1]),
+                 {"kind": "face", "expression": e})
+            for e in ("neutral", "smiling", "surprised") for a in ("glasses", "a hat") if (e, a) != ("surprised", "a hat")]
+
+
+CASES = {"texture": _texture_cases(), "accessory": _accessory_cases()}
+ARMS = {  # arm -> generate() keyword arguments; "{words}" is the case's words
+    "none": {},
+    "negative_prompt": {"negative_prompt": "{words}"},
+    "swr": {"suppress": "{words}", "suppress_mode": "swr"},
+    "swr+ito": {"suppress": "{words}", "suppress_mode": "swr+ito"},
+}
+
+
+def _fill(kwargs: dict, words: str) -> dict:
+    return {k: (v.replace("{words}", words) if isinstance(v, str) else v) for k, v in kwargs.items()}
+
+
+def measure(pipe, judge, cases: list[Case], arms: dict[str, dict], seeds: int = 12, steps: int = 25,
+            guidance: float = 5.0) -> dict[str, dict[str, float]]:
+    """arm -> {"suppressed": detection rate of the suppressed attribute, "kept:<head>": rate of each kept
+    attribute, "kept": rate of images with every kept attribute}, pooled over `cases` (seeds 0..seeds-1)."""
+    results = {}
+    for arm, kwargs in arms.items():
+        gone, kept_all, kept = [], [], {}
+        for case in cases:
+            images = pipe.generate(case.prompt, seed=list(range(seeds)), steps=steps, guidance_scale=guidance,
+                                   **_fill(kwargs, case.words))
+            for pred in judge.predict([g.image for g in images]):
+                gone.append(pred.get(case.gone[0]) == case.gone[1])
+                hits = {head: pred.get(head) == value for head, value in case.keep.items()}
+                kept_all.append(all(hits.values()))
+                for head, hit in hits.items():
+                    kept.setdefault(head, []).append(hit)
+        results[arm] = {"suppressed": sum(gone) / len(gone), "kept": sum(kept_all) / len(kept_all)}
+        results[arm] |= {f"kept:{head}": sum(v) / len(v) for head, v in kept.items()}
+    return results

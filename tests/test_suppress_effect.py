@@ -1,0 +1,85 @@
+"""SuppressEOT's effect in the toy world, on fixed seeds, judged by the toy classifiers.
+
+Measured while building (12 seeds, DDIM 25 steps, guidance 5; rates pooled over the cases):
+  textures (8 prompts, suppress "stripes"/"dots"):  detected none 0.97, negative prompt 0.96, SWR 0.25, SWR+ITO 0.24;
+      kept: object 1.00 / color 1.00 / shape 0.98 without suppression; SWR 1.00 / 0.95 / 0.52, SWR+ITO 1.00 / 0.91 / 0.50.
+  accessories (5 prompts, suppress "glasses"/"hat"): detected none 1.00, negative prompt 1.00, SWR 0.22, SWR+ITO 0.28;
+      kept: face 1.00 / expression 1.00 without; SWR 0.88 / 0.50, SWR+ITO 1.00 / 0.52.
+ITO's own knob barely matters here: step sizes 2 to 200 give color 0.89-0.94 (8 seeds), about one image in 20 moves
+either way, so ITO's color is held to 0.85 of the rate without suppression (SWR's to the issue's 0.9).
+Shape and expression are not asserted: the toy model reads them from the padding columns, the [EOT] block that
+SuppressEOT must edit (`test_toy_model_reads_details_from_the_padding`); real SD reads far more from the words.
+"""
+
+import pytest
+import torch
+
+from personalize.toyworld.suppression import ARMS, CASES, measure
+
+SEEDS = 8
+TEXTURE_SEEDS = 12
+
+
+@pytest.fixture(scope="module")
+def world():
+    from personalize.pipeline import load_pipeline
+    from personalize.toyworld import Judge
+
+    return load_pipeline("toyworld", device="cpu"), Judge.load()
+
+
+@pytest.fixture(scope="module")
+def textures(world):
+    return measure(*world, CASES["texture"], ARMS, seeds=TEXTURE_SEEDS)
+
+
+@pytest.fixture(scope="module")
+def accessories(world):
+    arms = {k: v for k, v in ARMS.items() if k != "negative_prompt"}
+    return measure(*world, CASES["accessory"], arms, seeds=SEEDS)
+
+
+@pytest.mark.parametrize("arm, color_bar", [("swr", 0.9), ("swr+ito", 0.85)])
+def test_suppressed_texture_falls_by_half_and_the_object_keeps_its_color(textures, arm, color_bar):
+    none, got = textures["none"], textures[arm]
+    print(f"textures {arm}: {got} (none: {none})")
+    assert got["suppressed"] <= 0.5 * none["suppressed"]
+    assert got["kept:kind"] >= 0.9 * none["kept:kind"]
+    assert got["kept:color"] >= color_bar * none["kept:color"]
+
+
+def test_a_negative_prompt_does_not_drop_it(textures):
+    """The paper's starting point: the word stays in the prompt, so a negative prompt barely helps."""
+    assert textures["negative_prompt"]["suppressed"] >= 0.8 * textures["none"]["suppressed"]
+
+
+def test_suppressed_accessory_falls_by_half_and_ito_keeps_the_face(accessories):
+    none = accessories["none"]
+    print(f"accessories: {accessories}")
+    for arm in ("swr", "swr+ito"):
+        assert accessories[arm]["suppressed"] <= 0.5 * none["suppressed"], arm
+    assert accessories["swr+ito"]["kept:kind"] >= 0.9 * none["kept:kind"]
+
+
+def test_toy_model_reads_details_from_the_padding(world):
+    """Why shape and expression are not asserted above: replacing only the padding columns (after the [EOT]) of
+    a plain prompt by those of the empty prompt, nothing suppressed, already loses most shapes and expressions."""
+    pipe, judge = world
+    sd = pipe.sd
+    empty, _ = sd.encode_prompt("", "cpu", 1, False)
+    prompts = {"a large blue square": ("shape", "square"), "a large green cross": ("shape", "cross"),
+               "a photo of a neutral person": ("expression", "neutral")}
+    rates = {"plain": [], "padding from ''": []}
+    for prompt, (head, value) in prompts.items():
+        cond, uncond = sd.encode_prompt(prompt, "cpu", 1, True)
+        swapped = cond.clone()
+        n = len(sd.tokenizer(prompt).input_ids)
+        swapped[:, n:] = empty[:, n:]
+        for arm, embeds in (("plain", cond), ("padding from ''", swapped)):
+            out = sd(prompt_embeds=embeds.expand(SEEDS, -1, -1), negative_prompt_embeds=uncond.expand(SEEDS, -1, -1),
+                     generator=[torch.Generator().manual_seed(s) for s in range(SEEDS)], num_inference_steps=25,
+                     guidance_scale=5)
+            rates[arm] += [p.get(head) == value for p in judge.predict(out.images)]
+    plain, swapped = (sum(v) / len(v) for v in rates.values())
+    print(f"detail kept: plain {plain:.2f}, padding from the empty prompt {swapped:.2f}")
+    assert plain >= 0.9 and swapped <= 0.6
