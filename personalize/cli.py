@@ -72,6 +72,10 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
 
 
+def _add_app(sub) -> None:
+    sub.add_parser("app", add_help=False, help="the Gradio app (options: personalize app --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personalize", description="Teach Stable Diffusion new subjects.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_config(sub)
     _add_quickstart(sub)
+    _add_app(sub)
     return parser
 
 
@@ -146,14 +151,28 @@ Next:
     return 0
 
 
+def cmd_app(args) -> int:
+    """The app lives in the source tree's `app/` (beside this package), as `python -m app.main` runs it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "app" / "main.py").is_file():
+        raise PersonalizeError(f"the app is not here: {root / 'app'} is missing (it ships with the source checkout)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from app.main import main as app_main
+
+    return app_main(args.overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "config":
+    if rest and args.command not in ("config", "app"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
     handlers = {"generate": cmd_generate, "convert": cmd_convert, "config": cmd_config,
-                "quickstart": cmd_quickstart}
+                "quickstart": cmd_quickstart, "app": cmd_app}
     try:
         return handlers[args.command](args)
     except PersonalizeError as err:

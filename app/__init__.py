@@ -1,0 +1,1 @@
+"""The Gradio app: `python -m app.main` or `personalize app` (needs `pip install -e '.[app]'`)."""

@@ -1,0 +1,160 @@
+"""What the app does, without any UI: list the artifacts of a folder, generate with a chosen set, save, upload.
+
+The Gradio app (`app/ui.py`) only lays out controls and calls a `Studio`; everything here is plain Python, so
+it is tested without a browser and usable from a notebook:
+
+    studio = Studio(load_pipeline("toyworld"), "embeddings/", "outputs/app")
+    [e.label for e in studio.entries()]          # every .safetensors file, usable or not (with the reason)
+    images = studio.generate("a photo of sks", artifacts=["embeddings/sks.safetensors"], seed=-1)
+    studio.save(images)                          # PNGs with their settings in the text chunk
+
+Artifacts are swapped on the live pipeline (`Pipeline.set_artifacts`): only the difference is applied or undone,
+the base is never reloaded. Paths outside the artifacts folder are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from personalize.artifacts import ArtifactError, atomic_path, load_artifact
+from personalize.errors import PersonalizeError
+
+
+@dataclass
+class Entry:
+    """One `.safetensors` file of the artifacts folder, as the app lists it."""
+
+    path: str
+    method: str = "?"
+    triggers: list[str] = field(default_factory=list)
+    base_model: str = "?"
+    usable: bool = True
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    @property
+    def label(self) -> str:
+        words = ", ".join(self.triggers) or "no trigger word"
+        text = f"{self.name} | {self.method} | {words} | base: {self.base_model}"
+        return text if self.usable else f"{text} | unusable: {self.reason}"
+
+
+def describe(path: Path, width: int) -> Entry:
+    """Read a file's metadata (ours or third-party) and check it against a text encoder of `width`."""
+    try:
+        art = load_artifact(path)
+    except ArtifactError as err:
+        return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""))
+    base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
+    entry = Entry(str(path), art.method, art.triggers, base)
+    wrong = {t: int(v.shape[-1]) for t, v in art.embeddings.items() if int(v.shape[-1]) != width}
+    if wrong:
+        entry.usable = False
+        entry.reason = f"embedding width {sorted(set(wrong.values()))} but this model's text encoder has {width}"
+    return entry
+
+
+def scan_artifacts(folder: str | Path, width: int) -> list[Entry]:
+    """Every `.safetensors` file under `folder` (recursively, skipping training runs' `checkpoint-*` folders),
+    sorted by path; pickles are not listed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = [p for p in sorted(folder.rglob("*.safetensors"))
+             if p.is_file() and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
+    return [describe(p, width) for p in files]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+class Studio:
+    """A pipeline plus the folders the app reads artifacts from and writes images to."""
+
+    def __init__(self, pipe, artifacts_dir: str | Path, outputs_dir: str | Path):
+        self.pipe = pipe
+        self.artifacts_dir = Path(artifacts_dir)
+        self.outputs_dir = Path(outputs_dir)
+
+    def entries(self) -> list[Entry]:
+        return scan_artifacts(self.artifacts_dir, self.pipe.width)
+
+    def _artifact_paths(self, chosen: list[str]) -> list[str]:
+        paths = []
+        for item in chosen or []:
+            path = Path(item)
+            path = path if path.is_absolute() else self.artifacts_dir / path
+            if not _inside(path, self.artifacts_dir) or path.suffix != ".safetensors":
+                raise PersonalizeError(f"artifact {item!r} is not a .safetensors file in {self.artifacts_dir}")
+            paths.append(str(path))
+        return paths
+
+    def generate(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
+                 steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,
+                 num_images: int = 1, suppress: str = "", suppress_mode: str = "off") -> list:
+        """Generate with exactly `artifacts` applied (paths in the artifacts folder). seed -1 draws one (reported in
+        each image's settings); `suppress` is a comma-separated list of words or spans, `suppress_mode` off, swr
+        or swr+ito."""
+        if not prompt or not prompt.strip():
+            raise PersonalizeError("the prompt is empty: describe the image to generate")
+        if not 1 <= int(num_images) <= 16:
+            raise PersonalizeError(f"number of images must be 1..16, got {num_images}")
+        self.pipe.set_artifacts(self._artifact_paths(list(artifacts)))
+        words = [w.strip() for w in (suppress or "").split(",") if w.strip()]
+        extra = {}
+        if words and suppress_mode != "off":
+            extra = {"suppress": words, "suppress_mode": suppress_mode}
+        return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images),
+                                  seed=None if int(seed) < 0 else int(seed), steps=int(steps),
+                                  guidance_scale=float(guidance_scale), width=width and int(width),
+                                  height=height and int(height), **extra)
+
+    def save(self, images: list) -> list[Path]:
+        """Write each GeneratedImage as a PNG (settings in its text chunk) under the outputs folder, atomically."""
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        written = []
+        for k, img in enumerate(images):
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", img.settings["prompt"]).strip("_")[:40] or "image"
+            path = self.outputs_dir / f"{stamp}-{k:02d}-s{img.settings['seed']}-{slug}.png"
+            with atomic_path(path) as tmp:
+                img.image.save(tmp, format="PNG", pnginfo=img.pnginfo())
+            written.append(path)
+        return written
+
+    def upload(self, source: str | Path, name: str | None = None) -> Entry:
+        """Copy an uploaded file into the artifacts folder if it is a readable safetensors artifact for this model;
+        pickles and anything else are refused with the reason, and nothing is written."""
+        source = Path(source)
+        name = Path(name or source.name).name
+        entry = describe(source, self.pipe.width)
+        if not entry.usable:  # the reason names the upload's temp path: say the user's file name instead
+            raise ArtifactError(f"{name} was not added: {entry.reason.replace(str(source), name)}")
+        target = self.artifacts_dir / name
+        if target.exists():
+            raise ArtifactError(f"{name} was not added: a file of that name is already in {self.artifacts_dir}")
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        return describe(target, self.pipe.width)
+
+    def info(self, images: list) -> str:
+        """A short text for the UI: the seeds used (so a random one can be reused) and the settings."""
+        if not images:
+            return ""
+        seeds = ", ".join(str(g.settings["seed"]) for g in images)
+        settings = {k: v for k, v in images[0].settings.items() if k not in ("prompt", "seed")}
+        return f"seeds: {seeds}\n{json.dumps(settings, sort_keys=True)}"

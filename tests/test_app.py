@@ -1,0 +1,199 @@
+"""The Gradio app on the toy world: Studio (no UI), the API through gradio_client, security, and the queue."""
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from personalize.artifacts import ArtifactError, save_embedding
+from personalize.errors import PersonalizeError
+
+PROMPT = "a photo of a smiling person wearing glasses"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    arts = root / "artifacts"
+    save_embedding(arts, "sks", torch.randn(1, 48, generator=torch.Generator().manual_seed(0)) * 2,
+                   "textual_inversion", "toyworld")
+    save_embedding(arts, "wide", torch.randn(1, 768), "textual_inversion", "sd15")  # another model family
+    return arts, root / "outputs"
+
+
+@pytest.fixture(scope="module")
+def studio(folders):
+    from personalize.pipeline import load_pipeline
+    from personalize.studio import Studio
+
+    return Studio(load_pipeline("toyworld", device="cpu"), *folders)
+
+
+# ------------------------------------------------------------------------------------------- Studio
+
+
+def test_checkpoint_folders_are_not_listed(tmp_path):
+    from personalize.studio import scan_artifacts
+
+    save_embedding(tmp_path / "run", "tok", torch.randn(1, 48), "textual_inversion", "toyworld")
+    save_embedding(tmp_path / "run" / "checkpoint-100", "tok", torch.randn(1, 48), "textual_inversion", "toyworld")
+    assert [Path(e.path).relative_to(tmp_path).as_posix() for e in scan_artifacts(tmp_path, 48)] == ["run/tok.safetensors"]
+
+
+def test_app_command_line(capsys):
+    from personalize.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["app", "--help"])
+    assert done.value.code == 0 and "--artifacts-dir" in capsys.readouterr().out
+    assert main(["app", "--base", "/no/such/model", "--port", str(free_port())]) == 2
+    assert "personalize app: error:" in capsys.readouterr().err
+
+
+def test_entries_list_every_file_with_its_metadata(studio):
+    entries = {e.name: e for e in studio.entries()}
+    assert entries["sks"].usable and entries["sks"].triggers == ["sks"] and entries["sks"].base_model == "toyworld"
+    assert "textual_inversion" in entries["sks"].label
+    assert not entries["wide"].usable and "768" in entries["wide"].reason and "48" in entries["wide"].reason
+
+
+def test_generate_swaps_artifacts_and_honours_the_seed(studio, folders):
+    plain = studio.generate(PROMPT, seed=7, steps=5, num_images=1)[0]
+    with_sks = studio.generate(PROMPT + " sks", artifacts=["sks.safetensors"], seed=7, steps=5)[0]
+    assert [a.name for a in studio.pipe.artifacts] == ["sks"]
+    again = studio.generate(PROMPT, seed=7, steps=5)[0]  # the artifact is taken off again
+    assert studio.pipe.artifacts == []
+    assert np.array_equal(np.asarray(plain.image), np.asarray(again.image))
+    assert with_sks.settings["artifacts"] == ["sks"]
+    drawn = studio.generate(PROMPT, seed=-1, steps=2)[0]
+    assert drawn.settings["seed"] >= 0 and f"seeds: {drawn.settings['seed']}" in studio.info([drawn])
+
+
+def test_bad_requests_are_refused(studio):
+    with pytest.raises(PersonalizeError, match="not a .safetensors file in"):
+        studio.generate(PROMPT, artifacts=["../../etc/passwd"], steps=2)
+    with pytest.raises(PersonalizeError, match="prompt is empty"):
+        studio.generate("  ", steps=2)
+
+
+def test_save_writes_pngs_with_settings(studio, folders):
+    images = studio.generate(PROMPT, seed=3, steps=3, num_images=2)
+    paths = studio.save(images)
+    assert len(paths) == 2 and all(p.parent == folders[1] for p in paths)
+    with Image.open(paths[1]) as im:
+        assert "Seed: 4" in im.text["parameters"]
+
+
+def test_upload_refuses_pickles_and_copies_good_files(studio, tmp_path):
+    pickle = tmp_path / "evil.pt"
+    torch.save({"emb_params": torch.ones(1, 48)}, str(pickle))
+    disguised = tmp_path / "evil.safetensors"
+    disguised.write_bytes(pickle.read_bytes())
+    for bad in (pickle, disguised):
+        with pytest.raises(ArtifactError, match="pickle"):
+            studio.upload(bad)
+    assert not (studio.artifacts_dir / "evil.safetensors").exists() and not (studio.artifacts_dir / "evil.pt").exists()
+    good = save_embedding(tmp_path, "newtok", torch.randn(1, 48), "textual_inversion", "toyworld")
+    assert studio.upload(good).usable and (studio.artifacts_dir / "newtok.safetensors").is_file()
+    with pytest.raises(ArtifactError, match="already"):
+        studio.upload(good)
+
+
+# ------------------------------------------------------------------------------------ the running app
+
+
+@pytest.fixture(scope="module")
+def server(folders):
+    from app.main import build_parser, make_app
+
+    arts, outputs = folders
+    port = free_port()
+    args = build_parser().parse_args(["--artifacts-dir", str(arts), "--outputs-dir", str(outputs),
+                                      "--port", str(port), "--queue-size", "3", "--device", "cpu"])
+    demo, launch = make_app(args)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch)
+    yield f"http://127.0.0.1:{port}/", demo, args
+    demo.close()
+
+
+def _call(client, seed, artifacts=(), steps=4, n=2, prompt=PROMPT):
+    return client.predict(prompt, "", list(artifacts), seed, steps, 5, 32, 32, n, "", "off", api_name="/generate")
+
+
+def _pixels(gallery) -> list[np.ndarray]:
+    return [np.asarray(Image.open(item["image"]).convert("RGB")) for item in gallery]
+
+
+def test_api_generates_with_and_without_an_artifact(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    plain, info = _call(client, 11)
+    same, _ = _call(client, 11)
+    other, _ = _call(client, 12)
+    with_art, _ = _call(client, 11, ["sks.safetensors"], prompt=PROMPT + " sks")
+    assert len(plain) == 2 and info.startswith("seeds: 11, 12")
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(plain), _pixels(same)))  # same seed, same image
+    assert not np.array_equal(_pixels(plain)[0], _pixels(other)[0])
+    assert not np.array_equal(_pixels(plain)[0], _pixels(with_art)[0])
+
+
+def test_api_suppression(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    plain, _ = _call(client, 5, steps=10, n=1)
+    suppressed, info = client.predict(PROMPT, "", [], 5, 10, 5, 32, 32, 1, "glasses", "swr", api_name="/generate")
+    assert '"suppress"' in info and not np.array_equal(_pixels(plain)[0], _pixels(suppressed)[0])
+
+
+def test_files_outside_the_allowed_folders_are_not_served(server):
+    import requests
+
+    url, demo, _ = server
+    source = Path(__file__).resolve().parents[1] / "app" / "ui.py"
+    for path in ("/etc/passwd", str(source), "../../etc/passwd"):
+        for prefix in ("gradio_api/file=", "file="):
+            r = requests.get(url + prefix + path, timeout=10)
+            assert r.status_code in (403, 404), (prefix, path, r.status_code)
+    assert demo.server_name == "127.0.0.1"
+
+
+def test_pickle_upload_is_refused_through_the_app(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server[0], verbose=False)
+    pickle = tmp_path / "model.safetensors"
+    torch.save({"emb_params": torch.ones(1, 48)}, str(pickle))
+    with pytest.raises(Exception, match="pickle"):
+        client.predict(handle_file(str(pickle)), api_name="/upload")
+
+
+def test_ten_concurrent_requests_finish_or_are_refused(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    jobs = [client.submit(PROMPT, "", [], i, 4, 5, 32, 32, 1, "", "off", api_name="/generate") for i in range(10)]
+    outcomes = []
+    start = time.time()
+    for job in jobs:
+        try:
+            gallery, _ = job.result(timeout=120)
+            outcomes.append("done" if len(gallery) == 1 else "bad")
+        except Exception as err:  # refused by the queue limit: a clean error, not a hang
+            outcomes.append("refused" if "queue" in str(err).lower() else f"error: {err}")
+    print(f"10 concurrent requests, queue size 3: {outcomes} in {time.time() - start:.1f} s")
+    assert time.time() - start < 120
+    assert set(outcomes) <= {"done", "refused"}, outcomes
+    assert outcomes.count("done") >= 3, outcomes
