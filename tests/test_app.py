@@ -1,5 +1,6 @@
 """The Gradio app on the toy world: Studio (no UI), the API through gradio_client, security, and the queue."""
 
+import re
 import socket
 import threading
 import time
@@ -147,6 +148,12 @@ def test_api_generates_with_and_without_an_artifact(server):
     assert all(np.array_equal(a, b) for a, b in zip(_pixels(plain), _pixels(same)))  # same seed, same image
     assert not np.array_equal(_pixels(plain)[0], _pixels(other)[0])
     assert not np.array_equal(_pixels(plain)[0], _pixels(with_art)[0])
+    saved = client.predict(api_name="/save")  # this client's session: the last run, with the artifact
+    written = [Path(p) for p in re.findall(r"`([^`]+)`", saved)]
+    assert saved.startswith("Saved:") and len(written) == 2
+    assert all(p.parent == Path(server[2].outputs_dir) for p in written)
+    with Image.open(written[0]) as im:
+        assert '"artifacts": ["sks"]' in im.text["personalize"] and "Seed: 11" in im.text["parameters"]
 
 
 def test_api_suppression(server):
