@@ -15,6 +15,11 @@ from pathlib import Path
 from personalize.artifacts import atomic_path, atomic_write_text
 from personalize.errors import PersonalizeError
 
+def slug(prompt: str, fallback: str = "prompt") -> str:
+    """A file-name-safe prefix of a prompt: 'a photo, of x' -> 'a_photo_of_x' (at most 40 characters)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:40] or fallback
+
+
 @dataclass(frozen=True)
 class Job:
     index: int  # prompt index
@@ -23,8 +28,7 @@ class Job:
 
     @property
     def filename(self) -> str:
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", self.prompt).strip("_")[:40] or "prompt"
-        return f"{self.index:04d}-{slug}-s{self.seed}.png"
+        return f"{self.index:04d}-{slug(self.prompt)}-s{self.seed}.png"
 
 
 def parse_seeds(text: str) -> list[int]:

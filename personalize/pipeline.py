@@ -154,13 +154,11 @@ class Pipeline:
     def check_suppress(self, prompts: list[str], suppress, suppress_mode: str = "swr",
                        suppress_options: dict | None = None) -> None:
         """Raise a clear error if a suppression setting is bad or a word is not in one of `prompts`."""
-        from personalize.methods.suppress_eot import suppress_positions
+        from personalize.methods.suppress_eot import pipeline_positions
 
         supp = _suppression(suppress, suppress_mode, suppress_options)
-        length = self.sd.tokenizer.model_max_length
         for prompt in prompts:
-            suppress_positions(self.sd.tokenizer, self.sd.maybe_convert_prompt(prompt, self.sd.tokenizer),
-                               supp.words, length)
+            pipeline_positions(self.sd, prompt, supp.words, self.sd.tokenizer.model_max_length)
 
     def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,

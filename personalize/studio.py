@@ -15,13 +15,13 @@ the base is never reloaded. Paths outside the artifacts folder are refused.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from personalize.artifacts import ArtifactError, atomic_path, load_artifact
+from personalize.batch import slug
 from personalize.errors import PersonalizeError
 
 
@@ -128,8 +128,8 @@ class Studio:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         written = []
         for k, img in enumerate(images):
-            slug = re.sub(r"[^A-Za-z0-9]+", "_", img.settings["prompt"]).strip("_")[:40] or "image"
-            path = self.outputs_dir / f"{stamp}-{k:02d}-s{img.settings['seed']}-{slug}.png"
+            name = slug(img.settings["prompt"], "image")
+            path = self.outputs_dir / f"{stamp}-{k:02d}-s{img.settings['seed']}-{name}.png"
             with atomic_path(path) as tmp:
                 img.image.save(tmp, format="PNG", pnginfo=img.pnginfo())
             written.append(path)

@@ -38,8 +38,8 @@ def test_identity_cases():
     assert torch.equal(se.swr_matrix(chi, 1.0, "weight"), chi)
     assert torch.allclose(se.swr_matrix(chi, 0.0, "alpha"), chi, atol=1e-5)  # zero 0 of the top values
     assert torch.allclose(se.swr_matrix(chi, 1.0, "alpha"), torch.zeros_like(chi), atol=1e-6)
-    embeds = torch.randn(2, 77, 8)
-    assert torch.equal(se.apply_swr(embeds, None, ["x", "y"], se.Suppression()), embeds)  # nothing to suppress
+    row = torch.randn(77, 8)
+    assert torch.equal(se.swr(row, [], 1.0), row)  # nothing to suppress
 
 
 def test_shrinkage_and_strengthen():
@@ -68,7 +68,7 @@ def test_swr_only_touches_the_negative_and_eot_columns(tokenizer_dir):
     neg, positions, n = se.suppress_positions(tok, prompt, ["glasses"], 77)
     assert n == 9 and neg == [7] and positions == [7] + list(range(8, 77))
     embeds = torch.randn(1, 77, 16)
-    out = se.apply_swr(embeds, tok, [prompt], se.Suppression(words=("glasses",)))
+    out = se.swr(embeds[0], positions, 1.0)[None]
     assert torch.equal(out[0, :7], embeds[0, :7])  # SOT and the other words bitwise unchanged
     assert not torch.allclose(out[0, 7:], embeds[0, 7:])
 

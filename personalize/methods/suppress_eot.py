@@ -168,18 +168,10 @@ def suppress_positions(tokenizer, prompt: str, words, length: int) -> tuple[list
     return neg, neg + eot_positions(n, length), n
 
 
-def apply_swr(embeds: torch.Tensor, tokenizer, prompts: list[str], supp: Suppression) -> torch.Tensor:
-    """SWR of each prompt's conditional embedding (B, L, D), with each prompt's own token count (the official code
-    shares one n across the batch). Empty `words` and alpha = 0 leave the embedding unchanged."""
-    if len(prompts) != embeds.shape[0]:
-        raise SuppressError(f"{len(prompts)} prompts for {embeds.shape[0]} embeddings")
-    if not supp.words:
-        return embeds
-    rows = []
-    for prompt, row in zip(prompts, embeds):
-        _, positions, _ = suppress_positions(tokenizer, prompt, supp.words, embeds.shape[1])
-        rows.append(swr(row, positions, supp.alpha, supp.mode))
-    return torch.stack(rows)
+def pipeline_positions(sd, prompt: str, words, length: int) -> tuple[list[int], list[int], int]:
+    """`suppress_positions` of the prompt as `sd.encode_prompt` will see it: multi-vector triggers spelled out
+    (diffusers' `maybe_convert_prompt`), so the positions after them are right."""
+    return suppress_positions(sd.tokenizer, sd.maybe_convert_prompt(prompt, sd.tokenizer), words, length)
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -248,10 +240,9 @@ def suppressed_call(sd, prompts: list[str], negatives, num_images: int, steps: i
     device = sd._execution_device if hasattr(sd.unet, "_hf_hook") else sd.unet.device  # (offloaded or not)
     cfg = guidance_scale > 1 and sd.unet.config.time_cond_proj_dim is None
     cond, uncond = sd.encode_prompt(prompts, device, num_images, cfg, negative_prompt=negatives)  # (P*N, L, D)
-    expanded = [sd.maybe_convert_prompt(p, sd.tokenizer) for p in prompts]  # multi-vector triggers spelled out
     swr_rows, sets = [], []
-    for p, text in enumerate(expanded):
-        neg, positions, n = suppress_positions(sd.tokenizer, text, supp.words, cond.shape[1])
+    for p, text in enumerate(prompts):
+        neg, positions, n = pipeline_positions(sd, text, supp.words, cond.shape[1])
         swr_rows.append(swr(cond[p * num_images], positions, supp.alpha, supp.mode))
         sets += [TokenSets.from_prompt(neg, n)] * num_images
     swr_embeds = torch.stack(swr_rows).repeat_interleave(num_images, dim=0)
