@@ -24,78 +24,95 @@ def _choices(studio) -> tuple[list[tuple[str, str]], str]:
     return usable, (f"**Not usable with this model:**\n{note}" if note else "")
 
 
+class Callbacks:
+    """The event handlers: each calls the Studio and turns its errors into messages in the page."""
+
+    def __init__(self, studio):
+        self.studio = studio
+
+    def generate(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
+                 suppress, suppress_mode, progress=gr.Progress(track_tqdm=True)):
+        try:
+            images = self.studio.generate(prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width,
+                                          height, num_images, suppress, suppress_mode)
+        except PersonalizeError as err:
+            raise gr.Error(str(err)) from None
+        return [(im.image, f"seed {im.settings['seed']}") for im in images], self.studio.info(images), images
+
+    def save(self, images):
+        if not images:
+            return "Nothing to save yet: generate first."
+        return "Saved:\n" + "\n".join(f"- `{p}`" for p in self.studio.save(images))
+
+    def rescan(self):
+        choices, note = _choices(self.studio)
+        return gr.update(choices=choices), note
+
+    def upload(self, file):
+        if file is None:
+            return gr.update(), gr.update(), None
+        try:
+            self.studio.upload(file)
+        except PersonalizeError as err:
+            raise gr.Error(str(err)) from None
+        return *self.rescan(), None
+
+
+def _prompt_column(studio) -> dict:
+    c = {"prompt": gr.Textbox(label="Prompt", lines=2, elem_id="prompt"),
+         "negative": gr.Textbox(label="Negative prompt", lines=1)}
+    choices, note = _choices(studio)
+    c["artifacts"] = gr.CheckboxGroup(choices=choices, label="Artifacts (name | method | triggers | base)",
+                                      elem_id="artifacts")
+    c["unusable"] = gr.Markdown(note)
+    with gr.Row():
+        c["rescan"] = gr.Button("Rescan artifacts", size="sm")
+        c["upload"] = gr.File(label="Add a .safetensors artifact", file_types=[".safetensors"], file_count="single",
+                              height=80)
+    with gr.Accordion("Suppress (SuppressEOT): leave words of the prompt out of the image", open=False):
+        c["suppress"] = gr.Textbox(label="Words or spans to suppress (comma-separated)", elem_id="suppress")
+        c["suppress_mode"] = gr.Radio(SUPPRESS_MODES, value="swr", label="Mode (swr+ito: slower, stronger)")
+    return c
+
+
+def _settings_column(studio) -> dict:
+    size, c = studio.pipe.native_size, {}
+    with gr.Row():
+        c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+        c["num_images"] = gr.Slider(1, 8, value=2, step=1, label="Images")
+    with gr.Row():
+        c["steps"] = gr.Slider(1, 100, value=25, step=1, label="Steps")
+        c["guidance"] = gr.Slider(1, 20, value=5 if studio.pipe.base == "toyworld" else 7.5, step=0.5,
+                                  label="Guidance scale")
+    with gr.Row():
+        c["width"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Width")
+        c["height"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Height")
+    c["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
+    return c
+
+
 def build(studio, title: str = "personalize") -> gr.Blocks:
     """The whole app as a gr.Blocks (not launched)."""
+    on = Callbacks(studio)
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}\nBase model: `{studio.pipe.base}`. Artifacts from `{studio.artifacts_dir}`, "
                     f"saved images to `{studio.outputs_dir}`.")
         last = gr.State([])  # the GeneratedImage list of this session's last run
         with gr.Row():
             with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-                negative = gr.Textbox(label="Negative prompt", lines=1)
-                choices, note = _choices(studio)
-                artifacts = gr.CheckboxGroup(choices=choices, label="Artifacts (name | method | triggers | base)",
-                                             elem_id="artifacts")
-                unusable = gr.Markdown(note)
-                with gr.Row():
-                    refresh = gr.Button("Rescan artifacts", size="sm")
-                    upload = gr.File(label="Add a .safetensors artifact", file_types=[".safetensors"],
-                                     file_count="single", height=80)
-                with gr.Accordion("Suppress (SuppressEOT): leave words of the prompt out of the image", open=False):
-                    suppress = gr.Textbox(label="Words or spans to suppress (comma-separated)", elem_id="suppress")
-                    suppress_mode = gr.Radio(SUPPRESS_MODES, value="swr", label="Mode (swr+ito: slower, stronger)")
+                c = _prompt_column(studio)
             with gr.Column(scale=2):
-                with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                    num_images = gr.Slider(1, 8, value=2, step=1, label="Images")
-                with gr.Row():
-                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
-                    guidance = gr.Slider(1, 20, value=5 if studio.pipe.base == "toyworld" else 7.5, step=0.5,
-                                         label="Guidance scale")
-                size = studio.pipe.native_size
-                with gr.Row():
-                    width = gr.Slider(size // 4, size * 2, value=size, step=8, label="Width")
-                    height = gr.Slider(size // 4, size * 2, value=size, step=8, label="Height")
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
+                c |= _settings_column(studio)
         gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="gallery")
         info = gr.Textbox(label="Used settings", lines=2, interactive=False, elem_id="info")
         with gr.Row():
             save = gr.Button("Save to outputs", elem_id="save")
             saved = gr.Markdown()
-
-        def on_generate(prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-                        suppress, suppress_mode, progress=gr.Progress(track_tqdm=True)):
-            try:
-                images = studio.generate(prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width,
-                                         height, num_images, suppress, suppress_mode)
-            except PersonalizeError as err:
-                raise gr.Error(str(err)) from None
-            return [(im.image, f"seed {im.settings['seed']}") for im in images], studio.info(images), images
-
-        def on_save(images):
-            if not images:
-                return "Nothing to save yet: generate first."
-            return "Saved:\n" + "\n".join(f"- `{p}`" for p in studio.save(images))
-
-        def on_refresh():
-            choices, note = _choices(studio)
-            return gr.update(choices=choices), note
-
-        def on_upload(file):
-            if file is None:
-                return gr.update(), gr.update(), None
-            try:
-                studio.upload(file)
-            except PersonalizeError as err:
-                raise gr.Error(str(err)) from None
-            choices, note = _choices(studio)
-            return gr.update(choices=choices), note, None
-
-        run.click(on_generate, [prompt, negative, artifacts, seed, steps, guidance, width, height, num_images,
-                                suppress, suppress_mode], [gallery, info, last], api_name="generate",
-                  concurrency_limit=1, concurrency_id="model")
-        save.click(on_save, [last], [saved], api_name="save")
-        refresh.click(on_refresh, None, [artifacts, unusable], api_name="rescan")
-        upload.upload(on_upload, [upload], [artifacts, unusable, upload], api_name="upload")
+        inputs = [c[k] for k in ("prompt", "negative", "artifacts", "seed", "steps", "guidance", "width", "height",
+                                 "num_images", "suppress", "suppress_mode")]
+        c["run"].click(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,
+                       concurrency_id="model")
+        save.click(on.save, [last], [saved], api_name="save")
+        c["rescan"].click(on.rescan, None, [c["artifacts"], c["unusable"]], api_name="rescan")
+        c["upload"].upload(on.upload, [c["upload"]], [c["artifacts"], c["unusable"], c["upload"]], api_name="upload")
     return demo
