@@ -40,14 +40,14 @@ def _add_generate(sub) -> None:
 
 
 def _suppress_options(args) -> dict:
-    import yaml
+    from personalize.config import parse_scalar
 
     options = {} if args.suppress_alpha is None else {"alpha": args.suppress_alpha}
     for item in args.suppress_option:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PersonalizeError(f"--suppress-option {item!r}: expected KEY=VALUE, e.g. retain_fraction=0.3")
-        options[key.strip()] = yaml.safe_load(value)
+        options[key.strip()] = parse_scalar(value, f"--suppress-option {key.strip()}")
     if options and not args.suppress:
         raise PersonalizeError("--suppress-alpha/--suppress-option need --suppress WORDS")
     return options

@@ -159,6 +159,17 @@ def _merge(obj: Any, diff: dict, prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], dotted))
 
 
+def parse_scalar(raw: str, what: str):
+    """A command-line value as a YAML scalar ('1e-5' -> 1e-05, 'true' -> True, '' -> ''); `what` names it in errors."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]  # one line, not YAML's caret picture
+        raise ConfigError(f"{what}: value {raw!r} is not a YAML scalar: {problem}") from None
+
+
 def parse_overrides(args: list[str]) -> dict:
     """`--a.b=1` or `--a.b 1` -> {"a": {"b": 1}}; values are parsed as YAML scalars."""
     diff: dict = {}
@@ -178,7 +189,7 @@ def parse_overrides(args: list[str]) -> dict:
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+        node[leaf] = parse_scalar(raw, f"--{dotted}")
         i += 1
     return diff
 

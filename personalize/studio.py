@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalize.artifacts import ArtifactError, atomic_path, load_artifact
+from personalize.artifacts import ArtifactError, atomic_path, check_width, load_artifact
 from personalize.batch import slug
 from personalize.errors import PersonalizeError
 
@@ -55,10 +55,10 @@ def describe(path: Path, width: int) -> Entry:
         return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""))
     base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
     entry = Entry(str(path), art.method, art.triggers, base)
-    wrong = {t: int(v.shape[-1]) for t, v in art.embeddings.items() if int(v.shape[-1]) != width}
-    if wrong:
-        entry.usable = False
-        entry.reason = f"embedding width {sorted(set(wrong.values()))} but this model's text encoder has {width}"
+    try:
+        check_width(art, width)
+    except ArtifactError as err:
+        entry.usable, entry.reason = False, str(err).replace(f"{path}: ", "")
     return entry
 
 
@@ -135,11 +135,11 @@ class Studio:
             written.append(path)
         return written
 
-    def upload(self, source: str | Path, name: str | None = None) -> Entry:
+    def upload(self, source: str | Path) -> Entry:
         """Copy an uploaded file into the artifacts folder if it is a readable safetensors artifact for this model;
         pickles and anything else are refused with the reason, and nothing is written."""
         source = Path(source)
-        name = Path(name or source.name).name
+        name = source.name  # Gradio keeps an upload's own file name inside its temp folder
         entry = describe(source, self.pipe.width)
         if not entry.usable:  # the reason names the upload's temp path: say the user's file name instead
             raise ArtifactError(f"{name} was not added: {entry.reason.replace(str(source), name)}")

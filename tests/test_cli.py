@@ -82,6 +82,7 @@ def _bad_inputs(tmp_path: Path) -> dict:
         "suppress option without words": (["--suppress-alpha", "2"], "need --suppress"),
         "unknown suppress option": (["--suppress", "dog", "--suppress-option", "alhpa=1"], "unknown suppress option"),
         "suppress option format": (["--suppress", "dog", "--suppress-option", "alpha"], "expected KEY=VALUE"),
+        "suppress option value": (["--suppress", "dog", "--suppress-option", "alpha=[1"], "alpha: value '\\[1' is not"),
     }
 
 

@@ -71,7 +71,7 @@ class Suppression:
         """The settings as plain JSON values (stored in the PNG text chunk of each image)."""
         import dataclasses
 
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) }
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["words"] = list(self.words)
         if self.ito_iters == 0:  # ITO settings do not matter without ITO
             for name in ("ito_last_step", "ito_step_size", "lambda_retain", "lambda_erase", "lambda_self_retain",
@@ -185,7 +185,6 @@ def make_suppression(words, suppress_mode: str = "swr", options: dict | None = N
 
     if suppress_mode not in SUPPRESS_MODES:
         raise SuppressError(f"suppress_mode {suppress_mode!r}: expected one of {', '.join(SUPPRESS_MODES)}")
-    words = (words,) if isinstance(words, str) else tuple(words)
     fields = {f.name for f in dataclasses.fields(Suppression)} - {"words"}
     unknown = sorted(set(options or {}) - fields)
     if unknown:
