@@ -154,7 +154,7 @@ class Pipeline:
     def check_suppress(self, prompts: list[str], suppress, suppress_mode: str = "swr",
                        suppress_options: dict | None = None) -> None:
         """Raise a clear error if a suppression setting is bad or a word is not in one of `prompts`."""
-        from personalize.methods.suppress_eot import pipeline_positions
+        from personalize.methods.suppression.suppress_eot import pipeline_positions
 
         supp = _suppression(suppress, suppress_mode, suppress_options)
         for prompt in prompts:
@@ -207,7 +207,7 @@ class Pipeline:
         neg = None if all(n is None for n in negatives) else [n or "" for n in negatives]
         call, cleanup = {"prompt": prompts, "negative_prompt": neg, "num_images_per_prompt": num_images}, None
         if suppress:
-            from personalize.methods.suppress_eot import suppressed_call
+            from personalize.methods.suppression.suppress_eot import suppressed_call
 
             if "callback_on_step_end" in kwargs:
                 raise PersonalizeError("suppress uses callback_on_step_end itself; pass one or the other")
@@ -230,7 +230,7 @@ class Pipeline:
 
 
 def _suppression(words, mode: str, options: dict | None):
-    from personalize.methods.suppress_eot import make_suppression
+    from personalize.methods.suppression.suppress_eot import make_suppression
 
     return make_suppression(words, mode, options)
 

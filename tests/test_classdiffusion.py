@@ -6,8 +6,8 @@ import torch
 from helpers import train_config
 
 from personalize.artifacts import load_artifact
-from personalize.methods.classdiffusion import pool_index, pooled_features, spl, spl_loss
-from personalize.methods.parts import MethodError, TokenRows
+from personalize.methods.personalization.classdiffusion import pool_index, pooled_features, spl, spl_loss
+from personalize.methods.personalization.parts import MethodError, TokenRows
 from personalize.pipeline import load_pipeline
 from personalize.tiny import tiny_text_encoder, tiny_tokenizer
 from personalize.trainer import train

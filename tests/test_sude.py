@@ -8,8 +8,8 @@ import torch
 from helpers import train_config
 
 from personalize.artifacts import load_artifact
-from personalize.methods.sude import SubjectDerived, Options, sude_terms, to_epsilon
-from personalize.methods.tuning import StepContext
+from personalize.methods.personalization.sude import SubjectDerived, Options, sude_terms, to_epsilon
+from personalize.methods.personalization.tuner import StepContext
 from personalize.trainer import train
 
 

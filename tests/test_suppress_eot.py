@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from personalize.methods import suppress_eot as se
-from personalize.methods import suppress_ito as si
+from personalize.methods.suppression import suppress_eot as se
+from personalize.methods.suppression import suppress_ito as si
 
 
 def _orthonormal(rows, cols, seed):

@@ -9,7 +9,7 @@ from PIL import Image
 from helpers import pixels, same_state, state
 from personalize.artifacts import save_embedding
 from personalize.cli import main
-from personalize.methods.suppress_eot import SuppressError
+from personalize.methods.suppression.suppress_eot import SuppressError
 
 
 def _contexts(pipe):

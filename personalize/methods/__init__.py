@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
-from personalize.methods import classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion
-from personalize.methods.parts import MethodError
+from personalize.methods.personalization import classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion
+from personalize.methods.base import MethodError
 
 METHODS = {
     "textual_inversion": textual_inversion,

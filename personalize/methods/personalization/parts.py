@@ -16,12 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from personalize.errors import PersonalizeError
+from personalize.methods.base import MethodError
 from personalize.tokens import add_tokens, token_names
-
-
-class MethodError(PersonalizeError):
-    """A method option that does not fit the model or the other options."""
 
 
 # ------------------------------------------------------------------------------------------- token rows

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from personalize.methods import common
-from personalize.methods.bases import BASES, base_spec
-from personalize.methods.parts import MethodError
-from personalize.methods.tuning import StepContext, Tuner
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.personalization.bases import BASES, base_spec
+from personalize.methods.base import MethodError
+from personalize.methods.personalization.tuner import StepContext, Tuner
 
 TRUNCATIONS = ("reference", "none")
 
@@ -154,4 +154,4 @@ def build(options: Options, config) -> Tuner:
 
 
 BASES = tuple(BASES)
-apply = common.apply_parts
+apply = apply_parts

@@ -4,7 +4,7 @@ Soft-weighted regularization (SWR, paper Sec. 3.2, Eq. 2): the columns of the ne
 [EOT]/padding slot form chi (D, K); its singular values are re-weighted sigma -> sigma * exp(-alpha * sigma) and the
 columns are written back at the same positions. Nothing else changes: not the SOT or the other words, never the
 unconditional embedding. Inference-time optimization (ITO, Sec. 3.3) then nudges the whole embedding for a few
-early steps against cross-attention losses (`personalize.methods.suppress_ito`). Nothing is trained; the method
+early steps against cross-attention losses (`personalize.methods.suppression.suppress_ito`). Nothing is trained; the method
 has no artifact, only settings (`Suppression`), used by `Pipeline.generate(suppress=...)`.
 """
 
@@ -210,7 +210,7 @@ class StepHook:
         self.supp, self.recorder = supp, recorder
 
     def __call__(self, sd, i, t, kwargs):
-        from personalize.methods.suppress_ito import optimize
+        from personalize.methods.suppression.suppress_ito import optimize
 
         timesteps = sd.scheduler.timesteps
         nxt = i + 1
@@ -234,7 +234,7 @@ def suppressed_call(sd, prompts: list[str], negatives, num_images: int, steps: i
 
     The prompts are encoded by the pipeline's own `encode_prompt` (textual-inversion triggers expanded, LoRA text
     layers active); SWR edits the conditional rows only, never the unconditional/negative ones."""
-    from personalize.methods.suppress_ito import TokenSets
+    from personalize.methods.suppression.suppress_ito import TokenSets
 
     device = sd._execution_device if hasattr(sd.unet, "_hf_hook") else sd.unet.device  # (offloaded or not)
     cfg = guidance_scale > 1 and sd.unet.config.time_cond_proj_dim is None

@@ -6,9 +6,9 @@ layout that `pipe.load_lora_weights` reads (alpha folded into the up weights, so
 
 from dataclasses import dataclass, field
 
-from personalize.methods import common
-from personalize.methods.parts import MethodError
-from personalize.methods.tuning import Tuner, TunerSpec
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.base import MethodError
+from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
 
 @dataclass
@@ -32,4 +32,4 @@ def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
 
-apply = common.apply_parts
+apply = apply_parts

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from personalize.methods import custom_diffusion, dreambooth, lora, textual_inversion
-from personalize.methods.tuning import TunerSpec
+from personalize.methods.personalization import custom_diffusion, dreambooth, lora, textual_inversion
+from personalize.methods.personalization.tuner import TunerSpec
 
 BASES = {"custom_diffusion": custom_diffusion, "textual_inversion": textual_inversion,
          "dreambooth": dreambooth, "lora": lora}

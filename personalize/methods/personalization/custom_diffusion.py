@@ -9,9 +9,9 @@ delta of the attn2 projections.
 
 from dataclasses import dataclass
 
-from personalize.methods import common
-from personalize.methods.parts import MethodError
-from personalize.methods.tuning import Tuner, TunerSpec
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.base import MethodError
+from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
 
 @dataclass
@@ -41,4 +41,4 @@ def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
 
-apply = common.apply_parts
+apply = apply_parts

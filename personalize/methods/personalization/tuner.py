@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from personalize.data import ConceptImages, PositionSampler, collate, examples_from_folder
-from personalize.methods.parts import (
+from personalize.methods.personalization.parts import (
     MethodError, TokenRows, add_custom_diffusion, add_lora, custom_diffusion_delta, lora_state_dict,
 )
 

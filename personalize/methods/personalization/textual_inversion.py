@@ -7,8 +7,8 @@ object/style caption templates). Only the trigger's rows change; the artifact is
 from dataclasses import dataclass
 
 from personalize.data import TEMPLATES
-from personalize.methods import common
-from personalize.methods.tuning import Tuner, TunerSpec
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Options:
 def make_spec(options: Options) -> TunerSpec:
     """What trains (also the base of the regularizers, classdiffusion and sude)."""
     if options.learnable_property not in TEMPLATES:
-        from personalize.methods.parts import MethodError
+        from personalize.methods.base import MethodError
 
         raise MethodError(f"method.learnable_property must be one of {sorted(TEMPLATES)}, "
                           f"got {options.learnable_property!r}")
@@ -38,4 +38,4 @@ def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
 
-apply = common.apply_parts
+apply = apply_parts

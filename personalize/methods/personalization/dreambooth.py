@@ -8,8 +8,8 @@ table stays frozen so the delta composes with embedding artifacts).
 
 from dataclasses import dataclass
 
-from personalize.methods import common
-from personalize.methods.tuning import Tuner, TunerSpec
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
 
 @dataclass
@@ -27,4 +27,4 @@ def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
 
-apply = common.apply_parts
+apply = apply_parts

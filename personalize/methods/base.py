@@ -1,0 +1,72 @@
+"""The method protocol (DESIGN sec. 5), the registry's record type, and the error every method raises.
+
+A training method is any object with these members; the loop (`personalize.trainer`) knows nothing else of it.
+
+    setup(components, config, accelerator)   freeze, add what trains, place on the device, make its data
+    trainable_modules() -> {name: module}     the modules holding every trainable parameter (requires_grad);
+                                              the loop derives the optimizer's parameters, the checkpoint's
+                                              tensors (exact resume) and the DDP wrapping from them
+    dataloader(start, rank, world)            an endless iterator of batches from micro-step `start` on; every
+                                              random draw a pure function of (seed, position, rank)
+    training_step(batch, generator)           {"loss_*": scalar tensor, other keys: logged only}
+    artifact() -> ArtifactContent             what the final file holds (`personalize.artifacts`)
+
+Optional members (looked up with `getattr`, each with the default the loop uses without it):
+
+    loss_weights() -> {"loss_x": w}           the weight of each term in the sum (default 1 each)
+    use_modules({name: module})               the modules `accelerator.prepare` returned (DDP-wrapped under
+                                              several processes); call those in `training_step`. Default: none
+    finish()                                  after the last step, before `artifact`
+    validation_images(pipe, prompt, seeds, steps) -> [PIL.Image]
+                                              `pipe` is a `personalize.pipeline.Pipeline` on the live modules;
+                                              default: `pipe.generate(prompt, ...)` as written
+
+Inference is a module-level function of the method's registry record, `apply(sd_pipe, artifact) -> undo`, or a
+generation edit (SuppressEOT) that trains nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from personalize.errors import PersonalizeError
+
+KINDS = ("personalization", "regularizer", "inference")
+
+
+class MethodError(PersonalizeError):
+    """A method option that does not fit the model or the other options."""
+
+
+class TrainingMethod(Protocol):
+    def setup(self, components, config, accelerator) -> None: ...
+    def trainable_modules(self) -> dict[str, torch.nn.Module]: ...
+    def dataloader(self, start: int, rank: int, world: int) -> Iterator[dict]: ...
+    def training_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+    def artifact(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """One registry entry.
+
+    name: the config's `method.name` and the artifact's `method` metadata.
+    options: the dataclass of the `method:` config keys (None for a method without options).
+    build: `build(options, config) -> TrainingMethod` (None: the method trains nothing).
+    apply: `apply(sd_pipe, artifact) -> undo` for its artifacts (None: it has no artifact).
+    kind: personalization | regularizer (sits on a personalization base, `method.base`) | inference.
+    edit: `edit(options) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`)."""
+
+    name: str
+    options: type | None
+    build: Callable | None
+    apply: Callable | None
+    kind: str
+    edit: Callable | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method record {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
