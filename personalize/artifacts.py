@@ -1,36 +1,37 @@
 """Artifact files (DESIGN sec. 4): safetensors only, one file per trained concept, atomic writes.
 
 Our files carry string metadata: `method`, `format_version`, `base_model`, `tokens` (JSON list of triggers),
-`config` (JSON), `weights` ("none" | "delta" | "lora"), plus method-specific fields.
-  - token embeddings: key = trigger word, float32 `[n_vectors, width]`. An embedding-only file is named
-    `<trigger>.safetensors` and loads in diffusers `load_textual_inversion`, AUTOMATIC1111 and ComfyUI;
-  - weight delta: keys `unet.<parameter>` / `text_encoder.<parameter>` holding the *new values* of the changed
-    parameters only (exact to apply and to undo);
-  - LoRA: the diffusers/peft layout that `load_lora_weights` reads.
+`config` (JSON), `weights` (the kind of the non-token tensors, "none" when there are none), plus method-specific
+fields. This module reads and writes tensors and metadata and knows no method: the token embeddings are the one
+shared layout (key = trigger word, float32 `[n_vectors, width]`; an embedding-only file is `<trigger>.safetensors`
+and loads in diffusers `load_textual_inversion`, AUTOMATIC1111 and ComfyUI); every other tensor belongs to the
+method named in the metadata, which owns its kinds and their apply/undo (the personalization bases: `delta`, new
+values of named parameters, and `lora`, the diffusers/peft layout). A new kind (an encoder's weights, identity
+vectors) needs no change here.
 Files without our metadata are read as third-party embeddings (diffusers `learned_embeds`, A1111/kohya
-single-key or `emb_params`, SDXL `clip_l`/`clip_g`) or third-party LoRA files.
+single-key or `emb_params`, SDXL `clip_l`/`clip_g`) or third-party LoRA files, labelled with the registry names
+in `FOREIGN_EMBEDDING` / `FOREIGN_LORA`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from personalize.atomic import atomic_save_file
 from personalize.errors import PersonalizeError
 
 FORMAT_VERSION = "1"
 TRIGGER_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+KIND_RE = re.compile(r"^[a-z0-9_]+$")
 PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth", ".pkl")
-WEIGHT_KINDS = ("none", "delta", "lora")
-DELTA_PREFIXES = ("unet.", "text_encoder.")
 SDXL_KEYS = ("clip_l", "clip_g")
+FOREIGN_EMBEDDING = "textual_inversion"  # the method whose `apply` reads a third-party embedding file
+FOREIGN_LORA = "lora"  # ... and a third-party LoRA file (kind "lora")
 
 
 class ArtifactError(PersonalizeError):
@@ -39,14 +40,14 @@ class ArtifactError(PersonalizeError):
 
 @dataclass
 class Artifact:
-    """A loaded artifact: what to add to a pipeline, and where it came from."""
+    """A loaded artifact: the token embeddings, the method's other tensors and their kind, and the metadata."""
 
     path: str
     method: str
     metadata: dict[str, str]
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # trigger -> (n_vectors, width)
-    delta: dict[str, torch.Tensor] = field(default_factory=dict)  # "unet.<param>" -> new value
-    lora: dict[str, torch.Tensor] = field(default_factory=dict)  # diffusers/kohya LoRA state dict
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's tensors, by key
+    kind: str = "none"  # what `weights` are, as the method names it ("delta", "lora", ...)
 
     @property
     def name(self) -> str:
@@ -57,39 +58,15 @@ class Artifact:
         return list(self.embeddings)
 
 
-# ----------------------------------------------------------------------------------------- atomic writes
+@dataclass
+class ArtifactContent:
+    """What a training method's `artifact()` returns: the file name (without suffix) and what it holds."""
 
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
-    bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
-    if bad:
-        raise ArtifactError(f"safetensors metadata values must be strings; not strings: {bad}")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return Path(path)
+    name: str
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind: str = "none"
+    metadata: dict[str, str] = field(default_factory=dict)  # method-specific fields
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -103,8 +80,8 @@ def check_trigger(trigger: str) -> str:
 
 def make_metadata(method: str, base_model: str, tokens: list[str], config: str | dict = "{}",
                   weights: str = "none", **extra: str) -> dict[str, str]:
-    if weights not in WEIGHT_KINDS:
-        raise ArtifactError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+    if not KIND_RE.match(weights or ""):
+        raise ArtifactError(f"weights kind {weights!r} must be a lower-case name (letters, digits, '_'), e.g. 'delta'")
     return {
         "method": method, "format_version": FORMAT_VERSION, "base_model": base_model,
         "tokens": json.dumps(tokens), "config": config if isinstance(config, str) else json.dumps(config),
@@ -127,26 +104,30 @@ def save_embedding(out: str | Path, trigger: str, vectors: torch.Tensor, method:
 
 
 def save_artifact(path: str | Path, method: str, base_model: str, *, embeddings: dict | None = None,
-                  delta: dict | None = None, lora: dict | None = None, config: str | dict = "{}",
+                  weights: dict | None = None, kind: str = "none", config: str | dict = "{}",
                   **extra: str) -> Path:
-    """Write a combined artifact: embeddings (trigger keys) + a weight delta or a LoRA state dict."""
-    embeddings, delta, lora = embeddings or {}, delta or {}, lora or {}
-    if delta and lora:
-        raise ArtifactError("an artifact holds either a weight delta or a LoRA, not both")
+    """Write a combined artifact: embeddings (trigger keys) + the method's tensors of one `kind`."""
+    embeddings, weights = embeddings or {}, weights or {}
     for trigger in embeddings:
         check_trigger(trigger)
-    bad = [k for k in delta if not k.startswith(DELTA_PREFIXES)]
-    if bad:
-        raise ArtifactError(f"weight-delta keys must start with {DELTA_PREFIXES}; got {bad[:3]}")
-    clash = set(embeddings) & (set(delta) | set(lora))
+    if bool(weights) != (kind != "none"):
+        raise ArtifactError(f"weights kind {kind!r} with {len(weights)} weight tensors: a kind names the weights "
+                            "when there are some, 'none' when there are none")
+    clash = set(embeddings) & set(weights)
     if clash:
         raise ArtifactError(f"trigger names clash with weight keys: {sorted(clash)}")
-    weights = "delta" if delta else "lora" if lora else "none"
-    meta = make_metadata(method, base_model, list(embeddings), config, weights, **extra)
-    tensors = {k: v.float() for k, v in embeddings.items()} | dict(delta) | dict(lora)
+    meta = make_metadata(method, base_model, list(embeddings), config, kind, **extra)
+    tensors = {k: v.float() for k, v in embeddings.items()} | dict(weights)
     if not tensors:
-        raise ArtifactError("nothing to save: no embeddings, delta or LoRA tensors given")
+        raise ArtifactError("nothing to save: no embeddings or weight tensors given")
     return atomic_save_file(tensors, path, meta)
+
+
+def save_content(path: str | Path, method: str, base_model: str, content: ArtifactContent,
+                 config: str | dict = "{}") -> Path:
+    """`save_artifact` for what a training method's `artifact()` returned."""
+    return save_artifact(path, method, base_model, embeddings=content.embeddings, weights=content.weights,
+                         kind=content.kind, config=config, **content.metadata)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -186,11 +167,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def _ours(path: Path, tensors: dict, meta: dict) -> Artifact:
-    from personalize.methods import METHODS
-
-    method = meta["method"]
-    if method not in METHODS:
-        raise ArtifactError(f"{path}: unknown method {method!r} in metadata; known methods: {', '.join(METHODS)}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION!r}")
     try:
@@ -202,13 +178,10 @@ def _ours(path: Path, tensors: dict, meta: dict) -> Artifact:
         raise ArtifactError(f"{path}: metadata lists tokens {missing} that have no tensor in the file")
     embeddings = {t: tensors[t] for t in triggers}
     rest = {k: v for k, v in tensors.items() if k not in embeddings}
-    weights = meta.get("weights", "none")
-    if weights not in WEIGHT_KINDS:
-        raise ArtifactError(f"{path}: metadata weights={weights!r}, expected one of {WEIGHT_KINDS}")
-    if weights == "none" and rest:
+    kind = meta.get("weights", "none")
+    if kind == "none" and rest:
         raise ArtifactError(f"{path}: tensors {sorted(rest)[:3]} are neither listed tokens nor weights")
-    return Artifact(str(path), method, meta, embeddings,
-                    delta=rest if weights == "delta" else {}, lora=rest if weights == "lora" else {})
+    return Artifact(str(path), meta["method"], meta, embeddings, weights=rest, kind=kind)
 
 
 def _foreign_embedding(path: Path, tensors: dict, width: int | None) -> tuple[str, torch.Tensor]:
@@ -249,10 +222,10 @@ def load_artifact(path: str | Path, width: int | None = None, token: str | None 
     if "method" in meta:
         art = _ours(path, tensors, meta)
     elif is_lora_state_dict(tensors):
-        art = Artifact(str(path), "lora", meta, lora=tensors)
+        art = Artifact(str(path), FOREIGN_LORA, meta, weights=tensors, kind="lora")
     else:
         trigger, vectors = _foreign_embedding(path, tensors, width)
-        art = Artifact(str(path), "textual_inversion", meta, embeddings={trigger: vectors})
+        art = Artifact(str(path), FOREIGN_EMBEDDING, meta, embeddings={trigger: vectors})
     if token is not None:
         if len(art.embeddings) != 1:
             raise ArtifactError(f"token={token!r} renames one embedding, but {path} has {len(art.embeddings)}")

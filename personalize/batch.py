@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from personalize.artifacts import atomic_path, atomic_write_text
+from personalize.atomic import atomic_path, atomic_write_text
 from personalize.errors import PersonalizeError
 
 def slug(prompt: str, fallback: str = "prompt") -> str:

@@ -2,7 +2,7 @@
 
 accelerate's `save_state` writes the optimizer and scheduler with `torch.save`, and `load_state` unpickles
 them; our rule is that no pickle is loaded outside `personalize convert`. So a checkpoint here is
-  trainable.safetensors   the method's trainable weights (token rows, K/V, LoRA or UNet), by name
+  trainable.safetensors   every trainable parameter of the method's `trainable_modules()`, `<module>.<parameter>`
   optimizer.safetensors   every tensor of the optimizer state, keyed `state.<param index>.<name>`
   state.json              optimizer param groups and scalar state, LR scheduler, grad scaler, step, method
 Each file is written atomically and the folder is renamed into place last, so a crash leaves no
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from personalize.artifacts import atomic_save_file, atomic_write_text
+from personalize.atomic import atomic_save_file, atomic_write_text
 from personalize.errors import PersonalizeError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -74,7 +74,26 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: Path, step: int, method, optimizer, scheduler, accelerator, info: dict) -> Path:
+def trainable_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The parameters that train (requires_grad), keyed `<module name>.<parameter name>`."""
+    return {f"{prefix}.{name}": p.detach().cpu().clone()
+            for prefix, module in modules.items() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
+    expected = {k: v.shape for k, v in trainable_state(modules).items()}
+    if {k: v.shape for k, v in state.items()} != expected:
+        raise CheckpointError(f"checkpoint holds {len(state)} tensors that do not match this run's "
+                              f"{len(expected)} trainable weights; was it written by another method or config?")
+    for prefix, module in modules.items():
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for key, value in state.items():
+                if key.startswith(prefix + "."):
+                    params[key[len(prefix) + 1:]].copy_(value)
+
+
+def save_checkpoint(path: Path, step: int, modules: dict, optimizer, scheduler, accelerator, info: dict) -> Path:
     """Write checkpoint-<step> (main process only; DeepSpeed: every process, its own shard)."""
     if accelerator.distributed_type.value == "DEEPSPEED":
         accelerator.save_state(str(path))
@@ -83,7 +102,7 @@ def save_checkpoint(path: Path, step: int, method, optimizer, scheduler, acceler
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
-    atomic_save_file(method.trainable_state(), tmp / "trainable.safetensors", {"format": "personalize"})
+    atomic_save_file(trainable_state(modules), tmp / "trainable.safetensors", {"format": "personalize"})
     atomic_save_file(opt_tensors, tmp / "optimizer.safetensors", {"format": "personalize"})
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "scaler": scaler, **info}
@@ -99,7 +118,7 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's state.json")
 
 
-def load_checkpoint(path: Path, method, optimizer, scheduler, accelerator, info: dict) -> int:
+def load_checkpoint(path: Path, modules: dict, optimizer, scheduler, accelerator, info: dict) -> int:
     """Restore a checkpoint into a set-up run; returns its step. `info` must match what was saved."""
     from safetensors.torch import load_file
 
@@ -112,7 +131,7 @@ def load_checkpoint(path: Path, method, optimizer, scheduler, accelerator, info:
         if state.get(key) != value:
             raise CheckpointError(f"checkpoint {path} was written with {key}={state.get(key)!r}; "
                                   f"this run has {key}={value!r}")
-    method.load_trainable_state(load_file(str(path / "trainable.safetensors")))
+    load_trainable_state(modules, load_file(str(path / "trainable.safetensors")))
     opt_tensors = load_file(str(path / "optimizer.safetensors"), device=str(accelerator.device))
     optimizer.load_state_dict(_join_optimizer_state(opt_tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])

@@ -98,7 +98,7 @@ class Config:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "textual_inversion"})
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert one leaf value against its annotation; YAML gives '1e-6' as a string."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -108,7 +108,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
@@ -154,9 +154,23 @@ def _merge(obj: Any, diff: dict, prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             _merge(current, value, dotted + ".")
         elif key == "method" and isinstance(current, dict) and isinstance(value, dict):
-            current.update(value)  # method keys are checked by the method itself
+            merge_sections(current, value)  # method keys are checked by the method itself
         else:
-            setattr(obj, key, _coerce(value, hints[key], dotted))
+            setattr(obj, key, coerce(value, hints[key], dotted))
+
+
+def merge_sections(current: dict, diff: dict) -> None:
+    """Merge a free-form section in place, nested sections key by key. A section given by its name alone
+    (`base: custom_diffusion`) merged with keys becomes `{name: custom_diffusion, ...keys}`; a name replaces a
+    section (another base, its options dropped)."""
+    for key, value in diff.items():
+        old = current.get(key)
+        if isinstance(value, dict) and isinstance(old, (dict, str)):
+            merged = dict(old) if isinstance(old, dict) else {"name": old}
+            merge_sections(merged, value)
+            current[key] = merged
+        else:
+            current[key] = value
 
 
 def parse_scalar(raw: str, what: str):
@@ -226,7 +240,7 @@ def dump_config(cfg: Config, path: str | Path | None = None) -> str:
     """The resolved config as YAML; written atomically to `path` when given."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if path is not None:
-        from personalize.artifacts import atomic_write_text
+        from personalize.atomic import atomic_write_text
 
         atomic_write_text(path, text)
     return text

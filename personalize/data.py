@@ -295,7 +295,7 @@ def generate_class_images(components, folder: str | Path, prompt: str, indices: 
     default guidance, image i from seed + i; each rank makes every world-th one; each file written atomically."""
     from diffusers import StableDiffusionPipeline
 
-    from personalize.artifacts import atomic_path
+    from personalize.atomic import atomic_path
 
     if not prompt:
         raise DataError("data.class_prompt is needed to generate class images for prior preservation")

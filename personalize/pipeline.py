@@ -110,9 +110,9 @@ class Pipeline:
         return [a.artifact for a in self._applied]
 
     def _apply(self, art: Artifact) -> None:
-        from personalize.methods import METHODS
+        from personalize.methods import record_for_artifact
 
-        self._applied.append(_Applied(art, METHODS[art.method].apply(self.sd, art)))
+        self._applied.append(_Applied(art, record_for_artifact(art).apply(self.sd, art)))
 
     def add_artifact(self, artifact: str | Path | Artifact, token: str | None = None) -> Artifact:
         art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, self.width, token)
@@ -249,12 +249,25 @@ def pipeline_from_components(comps: Components, device=None, dtype=None, schedul
     return pipe
 
 
+def live_pipeline(comps: Components) -> Pipeline:
+    """A `Pipeline` on the modules as they are (no move, no cast): validation images during training."""
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline(**comps.as_pipeline_kwargs())
+    sd.set_progress_bar_config(disable=True)
+    return Pipeline(sd, comps.source)
+
+
 def load_pipeline(base: str = "toyworld", artifacts: list[str | Path] = (), device=None, dtype=None,
                   scheduler: str | None = None, safety_checker: bool = False,
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
+    from personalize.methods import record_for_artifact
+
     device, dtype = _pick(device, dtype)
     arts = [load_artifact(path) for path in artifacts]  # fail on a bad file before the slow model load
+    for art in arts:
+        record_for_artifact(art)
     comps = load_components(base, local_files_only=local_files_only, single_file_config=single_file_config,
                             dtype=dtype, safety_checker=safety_checker)
     pipe = pipeline_from_components(comps, device, dtype, scheduler)

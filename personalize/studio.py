@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalize.artifacts import ArtifactError, atomic_path, check_width, load_artifact
+from personalize.artifacts import ArtifactError, check_width, load_artifact
+from personalize.atomic import atomic_path
 from personalize.batch import slug
 from personalize.errors import PersonalizeError
 

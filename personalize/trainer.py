@@ -2,8 +2,9 @@
 
     result = personalize.trainer.train(load_config(["configs/lora.yaml"], ["--train.max_train_steps=400"]))
 
-The loop knows no method names: a method (methods registry) returns named loss terms, which are summed with
-its weights and logged one by one. Every random draw of a step (data order, crops, noise, timesteps, VAE
+The loop knows no method names: a method (methods registry; the protocol is in `personalize.methods.base`)
+returns named loss terms, which are summed with its weights and logged one by one. The loop derives the
+optimizer's parameters, the checkpoint's tensors and the DDP wrapping from the method's `trainable_modules()`. Every random draw of a step (data order, crops, noise, timesteps, VAE
 samples) is a function of (seed, micro-step, rank), so `resume_from_checkpoint: latest` continues exactly
 and a resumed run ends with the same weights as an uninterrupted one.
 """
@@ -65,10 +66,15 @@ def make_accelerator(train):
     return accelerator
 
 
-def make_optimizer(method, train, lr: float):
-    groups = method.param_groups(lr, train.adam_weight_decay)
-    if not groups:
-        raise TrainError("the method has no trainable parameters")
+def trainable_parameters(modules: dict[str, torch.nn.Module]) -> list[torch.nn.Parameter]:
+    """Every parameter that trains (requires_grad), module by module in the method's order."""
+    return [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+
+
+def make_optimizer(params: list[torch.nn.Parameter], train, lr: float):
+    if not params:
+        raise TrainError("the method has no trainable parameters (its trainable_modules() hold none that train)")
+    groups = [{"params": params, "lr": lr, "weight_decay": train.adam_weight_decay}]
     kwargs = dict(betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon)
     if train.use_8bit_adam:
         try:
@@ -98,37 +104,21 @@ def check_train_config(train) -> None:
         raise TrainError(f"{', '.join(bad)}: expected a positive integer")
 
 
-def class_examples(config, components, accelerator):
-    """Class-prior images (generated with the base model when missing) for prior preservation, or None."""
-    from personalize.data import examples_from_folder, generate_class_images, missing_class_images
-
-    data, train = config.data, config.train
-    if not train.with_prior_preservation:
-        return None
-    folder = Path(data.class_data_dir or Path(train.output_dir) / "class_images")
-    todo = missing_class_images(folder, data.num_class_images)
-    if todo:
-        logger.info("generating %d class images into %s", len(todo), folder)
-        generate_class_images(components, folder, data.class_prompt, todo, train.seed, data.class_generation_steps,
-                              accelerator.process_index, accelerator.num_processes, accelerator.device)
-    accelerator.wait_for_everyone()
-    return examples_from_folder(folder, data.class_prompt, "data.class_data_dir")
-
-
-def validate(method, config, step: int, accelerator) -> None:
-    """Images for `validation_prompt` with a fixed seed, saved as a grid PNG and logged (main process)."""
+def validate(method, components, config, step: int, accelerator) -> None:
+    """Images for `validation_prompt` with fixed seeds, through the inference path (`Pipeline.generate` on the
+    live modules, or the method's own `validation_images`), saved as a grid PNG and logged (main process)."""
     import numpy as np
 
-    from personalize.artifacts import atomic_path
+    from personalize.atomic import atomic_path
     from personalize.batch import make_grid
+    from personalize.pipeline import live_pipeline
 
     train = config.train
-    prompt = method.format_prompt(train.validation_prompt)
-    pipe = method.pipeline()
-    gens = [torch.Generator().manual_seed(train.seed + i) for i in range(train.num_validation_images)]
+    pipe = live_pipeline(components)
+    seeds = [train.seed + i for i in range(train.num_validation_images)]
+    images_for = getattr(method, "validation_images", None) or default_validation_images
     with torch.no_grad(), accelerator.autocast():
-        images = pipe([prompt] * len(gens), num_inference_steps=train.validation_inference_steps,
-                      generator=gens).images
+        images = images_for(pipe, train.validation_prompt, seeds, train.validation_inference_steps)
     with atomic_path(Path(train.output_dir) / "validation" / f"step-{step:06d}.png") as tmp:
         make_grid(images).save(tmp, format="PNG")
     if "tensorboard" in str(train.report_to):
@@ -136,22 +126,26 @@ def validate(method, config, step: int, accelerator) -> None:
         writer.add_images("validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC")
 
 
+def default_validation_images(pipe, prompt: str, seeds: list[int], steps: int) -> list:
+    return [g.image for g in pipe.generate(prompt, seed=seeds, steps=steps)]
+
+
 def write_artifact(method, components, config) -> Path:
-    from personalize.artifacts import save_artifact
+    from personalize.artifacts import save_content
     from personalize.config import config_json
 
-    parts = method.artifact()
-    path = Path(config.train.output_dir) / f"{parts['name']}.safetensors"
-    return save_artifact(path, config.method["name"], components.source, embeddings=parts["embeddings"],
-                         delta=parts["delta"], lora=parts["lora"], config=config_json(config), **parts["extra"])
+    content = method.artifact()
+    path = Path(config.train.output_dir) / f"{content.name}.safetensors"
+    return save_content(path, config.method["name"], components.source, content, config_json(config))
 
 
-def train(config, stop_after: int | None = None) -> TrainResult:
-    """Run one training job. `stop_after` (tests) ends the loop after that step as if the job were killed."""
+def train(config, stop_after: int | None = None, registry: dict | None = None) -> TrainResult:
+    """Run one training job. `stop_after` (tests) ends the loop after that step as if the job were killed;
+    `registry` (default: `personalize.methods.REGISTRY`) is where `method.name` is looked up."""
     from accelerate.state import AcceleratorState, GradientState
 
     try:
-        return _train(config, stop_after)
+        return _train(config, stop_after, registry)
     finally:  # accelerate keeps its state in class-level singletons: leave none behind for the next job
         AcceleratorState._reset_state()
         GradientState._reset_state()
@@ -164,66 +158,67 @@ class _Run:
     accelerator: object
     optimizer: object
     lr_scheduler: object
-    modules: list
+    modules: dict  # the method's trainable modules, unwrapped: parameters and checkpoint state
+    wrapped: list  # the same after `accelerator.prepare` (DDP under several processes)
     info: dict
     step: int
-    class_examples: list | None
 
 
-def _setup(config) -> _Run:
-    """Everything before the first step: checks first, then model, class images, method, optimizer, resume."""
+def _setup(config, registry: dict | None) -> _Run:
+    """Everything before the first step: checks first, then model, method, optimizer, resume."""
     from accelerate.utils import set_seed
 
     from personalize.components import components_from_config
-    from personalize.methods import build_method
+    from personalize.methods import REGISTRY, build_method
 
     train_cfg = config.train
     check_train_config(train_cfg)
-    method = build_method(config)  # options and images are checked before anything is loaded or written
+    method = build_method(config, registry or REGISTRY)  # options and data checked before anything is loaded
     accelerator = make_accelerator(train_cfg)
     resume = resolve_resume(train_cfg.resume_from_checkpoint, train_cfg.output_dir)
     components = components_from_config(config.model)
-    prior = class_examples(config, components, accelerator)
     set_seed(train_cfg.seed)  # new weights (LoRA A, processors) start the same in every run and process
     method.setup(components, config, accelerator)
     world = accelerator.num_processes
     lr = train_cfg.learning_rate
     if train_cfg.scale_lr:  # diffusers: lr x accumulation x batch x processes
         lr *= train_cfg.gradient_accumulation_steps * train_cfg.train_batch_size * world
-    optimizer = make_optimizer(method, train_cfg, lr)
-    lr_scheduler = make_lr_scheduler(optimizer, train_cfg, world)
     modules = method.trainable_modules()
+    optimizer = make_optimizer(trainable_parameters(modules), train_cfg, lr)
+    lr_scheduler = make_lr_scheduler(optimizer, train_cfg, world)
     prepared = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
-    method.use_modules(dict(zip(modules, prepared[: len(modules)])))
+    wrapped = list(prepared[: len(modules)])
+    if hasattr(method, "use_modules"):
+        method.use_modules(dict(zip(modules, wrapped)))
     optimizer, lr_scheduler = prepared[len(modules):]
     info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
-    step = load_checkpoint(resume, method, optimizer, lr_scheduler, accelerator, info) if resume else 0
+    step = load_checkpoint(resume, modules, optimizer, lr_scheduler, accelerator, info) if resume else 0
     logger.info("training %s from step %d, lr %.3g, %d process(es)", info["method"], step, lr, world)
-    return _Run(method, components, accelerator, optimizer, lr_scheduler, list(prepared[: len(modules)]),
-                info, step, prior)
+    return _Run(method, components, accelerator, optimizer, lr_scheduler, modules, wrapped, info, step)
 
 
-def _train(config, stop_after: int | None) -> TrainResult:
+def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult:
     from tqdm.auto import tqdm
 
     from personalize.config import dump_config
 
     train_cfg, out = config.train, Path(config.train.output_dir)
-    run = _setup(config)
+    run = _setup(config, registry)
     method, accelerator, optimizer, lr_scheduler = run.method, run.accelerator, run.optimizer, run.lr_scheduler
     if accelerator.is_main_process:
         dump_config(config, out / "config.yaml")
         accelerator.init_trackers("personalize", config={k: v for k, v in vars(train_cfg).items()
                                                           if isinstance(v, (int, float, str, bool))})
-    weights, params = method.loss_weights(), method.trainable_parameters()
+    weights = method.loss_weights() if hasattr(method, "loss_weights") else {}
+    params = trainable_parameters(run.modules)
     step, micro = run.step, run.step * train_cfg.gradient_accumulation_steps
-    loader = method.dataloader(micro, accelerator.process_index, accelerator.num_processes, run.class_examples)
+    loader = method.dataloader(micro, accelerator.process_index, accelerator.num_processes)
     bar = tqdm(total=train_cfg.max_train_steps, initial=step, desc="steps",
                disable=not accelerator.is_local_main_process)
     while step < train_cfg.max_train_steps and (stop_after is None or step < stop_after):
         batch, gen = next(loader), step_generator(train_cfg.seed, micro, accelerator.process_index)
         micro += 1
-        with accelerator.accumulate(*run.modules):
+        with accelerator.accumulate(*run.wrapped):
             losses = method.training_step(batch, gen)
             total = sum(weights.get(k, 1.0) * v for k, v in losses.items() if k.startswith("loss_"))
             accelerator.backward(total)
@@ -240,9 +235,10 @@ def _train(config, stop_after: int | None) -> TrainResult:
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step)
-        _periodic(step, method, config, accelerator, optimizer, lr_scheduler, run.info)
+        _periodic(step, run, config)
     bar.close()
-    method.finish()
+    if hasattr(method, "finish"):
+        method.finish()
     accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process and step >= train_cfg.max_train_steps:
@@ -253,19 +249,20 @@ def _train(config, stop_after: int | None) -> TrainResult:
     return TrainResult(path, step, method)
 
 
-def _periodic(step: int, method, config, accelerator, optimizer, lr_scheduler, info: dict) -> None:
+def _periodic(step: int, run: _Run, config) -> None:
     """Checkpoint every `checkpointing_steps` and validation images every `validation_steps`."""
-    train_cfg, out = config.train, Path(config.train.output_dir)
+    train_cfg, out, accelerator = config.train, Path(config.train.output_dir), run.accelerator
     deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
     if step % train_cfg.checkpointing_steps == 0:
         if accelerator.is_main_process:
             prune_checkpoints(out, train_cfg.checkpoints_total_limit)
         if accelerator.is_main_process or deepspeed:
-            save_checkpoint(out / f"checkpoint-{step}", step, method, optimizer, lr_scheduler, accelerator, info)
+            save_checkpoint(out / f"checkpoint-{step}", step, run.modules, run.optimizer, run.lr_scheduler,
+                            accelerator, run.info)
         accelerator.wait_for_everyone()
     if train_cfg.validation_prompt and step % train_cfg.validation_steps == 0:
         if accelerator.is_main_process:
-            validate(method, config, step, accelerator)
+            validate(run.method, run.components, config, step, accelerator)
         accelerator.wait_for_everyone()
 
 

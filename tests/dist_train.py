@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def main() -> int:
-    import personalize.artifacts as artifacts
+    import personalize.atomic as atomic
     from safetensors.torch import save_file
 
     from personalize.config import load_config
@@ -23,7 +23,7 @@ def main() -> int:
     if rank != 0:
         def refuse(path):
             raise AssertionError(f"rank {rank} tried to write {path}")
-        artifacts.atomic_path = refuse
+        atomic.atomic_path = refuse
     result = train(load_config([], overrides))
     c = result.method.c
     state = {f"{name}.{k}": v.detach().contiguous() for name, module in (("unet", c.unet), ("te", c.text_encoder))

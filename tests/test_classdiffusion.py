@@ -79,7 +79,7 @@ def test_weight_zero_reproduces_custom_diffusion_exactly(tmp_path, tiny_sd1, con
     reg = train(train_config(tiny_sd1, concept_dir, tmp_path / "r", "classdiffusion", CD | {"lambda_spl": 0.0},
                              seed=5)).artifact
     a, b = load_artifact(base), load_artifact(reg)
-    for x, y in ((a.delta, b.delta), (a.embeddings, b.embeddings)):
+    for x, y in ((a.weights, b.weights), (a.embeddings, b.embeddings)):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     moved = load_artifact(train(train_config(tiny_sd1, concept_dir, tmp_path / "m", "classdiffusion", CD,
                                              seed=5)).artifact)

@@ -10,7 +10,7 @@ from personalize.data import (
     ConceptImages, DataError, Example, PositionSampler, examples_from_folder, flatten_alpha, list_images,
     load_image, read_caption, rescale_augment, resize_crop,
 )
-from personalize.methods.personalization.tuner import masked_mse, snr_weights
+from personalize.methods.blocks import masked_mse, snr_weights
 
 
 def test_list_images_accepts_images_captions_and_hidden_files(tmp_path):

@@ -38,7 +38,7 @@ def test_random_seed_is_reported(pipe_sd1):
 def _artifacts(tmp_path, width=32):
     emb = save_embedding(tmp_path, "sks-cat", torch.randn(2, width) * 3, "textual_inversion", "tiny")
     cd = save_artifact(tmp_path / "cd.safetensors", "custom_diffusion", "tiny", embeddings={"cd-tok": torch.randn(1, width)},
-                       delta={f"unet.{K_NAME}": torch.randn(16, width)})
+                       weights={f"unet.{K_NAME}": torch.randn(16, width)}, kind="delta")
     return emb, cd
 
 
@@ -84,11 +84,11 @@ def test_lora_hot_swap(pipe_sd1, tiny_sd1, tmp_path):
 def test_bad_artifact_leaves_pipeline_unchanged(pipe_sd1, tmp_path):
     te0, unet0, ntok = state(pipe_sd1.sd.text_encoder), state(pipe_sd1.sd.unet), len(pipe_sd1.sd.tokenizer)
     bad = save_artifact(tmp_path / "bad.safetensors", "custom_diffusion", "tiny", embeddings={"ok-tok": torch.randn(1, 32)},
-                        delta={"unet.no.such.weight": torch.zeros(1)})
+                        weights={"unet.no.such.weight": torch.zeros(1)}, kind="delta")
     with pytest.raises(ArtifactError, match="does not have"):
         pipe_sd1.add_artifact(bad)
     wrong = save_artifact(tmp_path / "shape.safetensors", "custom_diffusion", "tiny", embeddings={"ok-tok": torch.randn(1, 32)},
-                          delta={f"unet.{K_NAME}": torch.zeros(3, 3)})
+                          weights={f"unet.{K_NAME}": torch.zeros(3, 3)}, kind="delta")
     with pytest.raises(ArtifactError, match=r"shape \(3, 3\).*\(16, 32\)"):
         pipe_sd1.add_artifact(wrong)
     assert len(pipe_sd1.sd.tokenizer) == ntok and pipe_sd1.artifacts == []

@@ -166,5 +166,6 @@ def test_weight_zero_reproduces_the_base_exactly(tmp_path, tiny_sd1, concept_dir
     cfg = train_config(tiny_sd1, concept_dir, tmp_path / "s", "sude", {"class_word": "dog", "sude_weight": 0.0}, seed=3)
     sude = train(cfg).artifact
     a, b = load_artifact(base), load_artifact(sude)
-    assert a.delta.keys() == b.delta.keys() and all(torch.equal(a.delta[k], b.delta[k]) for k in a.delta)
+    assert a.kind == b.kind == "delta"
+    assert a.weights.keys() == b.weights.keys() and all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
     assert b.method == "sude" and b.metadata["base"] == "dreambooth"

@@ -52,7 +52,7 @@ def test_textual_inversion_changes_only_its_rows(tmp_path, tiny_sd1, concept_dir
     assert not torch.equal(table[n_base], dog) and not torch.equal(table[n_base + 1], dog)  # both rows learned
     art = load_artifact(result.artifact)
     assert result.artifact.name == "sks.safetensors" and list(art.embeddings) == ["sks"]
-    assert art.embeddings["sks"].shape == (2, 32) and not art.delta and not art.lora
+    assert art.embeddings["sks"].shape == (2, 32) and not art.weights and art.kind == "none"
 
 
 def test_custom_diffusion_changes_only_cross_attention_kv(tmp_path, tiny_sd1, concept_dir):
@@ -62,10 +62,11 @@ def test_custom_diffusion_changes_only_cross_attention_kv(tmp_path, tiny_sd1, co
     assert _changed(base["unet"], c.unet) == set()  # the UNet's own weights: untouched, K/V live in processors
     art = load_artifact(result.artifact)
     n_cross = sum(1 for name, _ in c.unet.named_modules() if name.endswith(".attn2"))
-    assert n_cross == 4 and len(art.delta) == 2 * n_cross  # tiny UNet: down 1, mid 1, up 2
-    assert all(re.fullmatch(r"unet\..*\.attn2\.to_[kv]\.weight", k) for k in art.delta)
-    changed = [k for k, v in art.delta.items() if not torch.equal(v, base["unet"][k[5:]])]
-    assert len(changed) == len(art.delta)  # every K/V moved
+    assert art.kind == "delta"
+    assert n_cross == 4 and len(art.weights) == 2 * n_cross  # tiny UNet: down 1, mid 1, up 2
+    assert all(re.fullmatch(r"unet\..*\.attn2\.to_[kv]\.weight", k) for k in art.weights)
+    changed = [k for k, v in art.weights.items() if not torch.equal(v, base["unet"][k[5:]])]
+    assert len(changed) == len(art.weights)  # every K/V moved
     assert list(art.embeddings) == ["sks"]
     types = {type(p).__name__ for n, p in c.unet.attn_processors.items() if n.endswith("attn2.processor")}
     assert types == {"CustomDiffusionAttnProcessor2_0"}
@@ -73,7 +74,9 @@ def test_custom_diffusion_changes_only_cross_attention_kv(tmp_path, tiny_sd1, co
 
 def test_custom_diffusion_crossattn_also_trains_q_and_out(tmp_path, tiny_sd1, concept_dir):
     result = _run(tmp_path, tiny_sd1, concept_dir, "custom_diffusion", {"freeze_model": "crossattn"})
-    names = {k.split("attn2.")[1] for k in load_artifact(result.artifact).delta}
+    art = load_artifact(result.artifact)
+    assert art.kind == "delta"
+    names = {k.split("attn2.")[1] for k in art.weights}
     assert names == {"to_k.weight", "to_v.weight", "to_q.weight", "to_out.0.weight", "to_out.0.bias"}
 
 
@@ -85,9 +88,9 @@ def test_lora_changes_only_adapters(tmp_path, tiny_sd1, concept_dir):
     assert _changed(base["unet"], c.unet, unlora) == set()
     assert _changed(base["text_encoder"], c.text_encoder) == set()
     art = load_artifact(result.artifact)
-    assert art.lora and not art.delta and not art.embeddings
-    assert all(".lora.down.weight" in k or ".lora.up.weight" in k for k in art.lora)
-    ups = [v for k, v in art.lora.items() if ".lora.up." in k]
+    assert art.kind == "lora" and art.weights and not art.embeddings
+    assert all(".lora.down.weight" in k or ".lora.up.weight" in k for k in art.weights)
+    ups = [v for k, v in art.weights.items() if ".lora.up." in k]
     assert any(v.abs().sum() > 0 for v in ups)  # B starts at zero and has learned
 
 
@@ -98,7 +101,8 @@ def test_dreambooth_changes_unet_not_text_encoder(tmp_path, tiny_sd1, concept_di
     assert len(_changed(base["unet"], c.unet)) > 0.5 * len(base["unet"])
     assert _changed(base["text_encoder"], c.text_encoder) == set()
     art = load_artifact(result.artifact)
-    assert set(art.delta) == {f"unet.{k}" for k, _ in c.unet.named_parameters()}
+    assert art.kind == "delta"
+    assert set(art.weights) == {f"unet.{k}" for k, _ in c.unet.named_parameters()}
 
 
 def test_dreambooth_text_encoder_keeps_token_table(tmp_path, tiny_sd1, concept_dir):
@@ -107,9 +111,10 @@ def test_dreambooth_text_encoder_keeps_token_table(tmp_path, tiny_sd1, concept_d
     changed = _changed(base["text_encoder"], result.method.c.text_encoder)
     assert changed and "embeddings.token_embedding.weight" not in changed
     art = load_artifact(result.artifact)
-    assert any(k.startswith("text_encoder.") for k in art.delta)
-    assert "text_encoder.text_model.embeddings.token_embedding.weight" not in art.delta
-    assert not any("token_embedding" in k for k in art.delta)
+    assert art.kind == "delta"
+    assert any(k.startswith("text_encoder.") for k in art.weights)
+    assert "text_encoder.text_model.embeddings.token_embedding.weight" not in art.weights
+    assert not any("token_embedding" in k for k in art.weights)
 
 
 @pytest.mark.parametrize("method", ["textual_inversion", "custom_diffusion", "lora", "dreambooth"])

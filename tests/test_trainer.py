@@ -105,7 +105,7 @@ def test_prior_preservation_generates_and_uses_class_images(tmp_path, tiny_sd1, 
     result = train(cfg)
     assert sorted(p.name for p in (tmp_path / "out" / "class_images").iterdir()) == [
         "class-00000.png", "class-00001.png", "class-00002.png"]
-    batch = next(result.method.dataloader(0, 0, 1, [*result.method.examples]))
+    batch = next(result.method.dataloader(0, 0, 1))  # class batches come from the method itself
     assert batch["is_prior"].tolist() == [False, True]
     assert result.method.loss_weights()["loss_prior"] == 0.5
 
@@ -115,7 +115,7 @@ def test_caches_do_not_change_the_result(tmp_path, tiny_sd1, concept_dir, flag):
     plain = train(train_config(tiny_sd1, concept_dir, tmp_path / "a", "lora", max_train_steps=4)).artifact
     cached = train(train_config(tiny_sd1, concept_dir, tmp_path / "b", "lora", max_train_steps=4,
                                 **{flag: True}))
-    cache = cached.method.latent_cache if flag == "cache_latents" else cached.method.text_cache
+    cache = cached.method.encode_latents.cache if flag == "cache_latents" else cached.method.text_cache
     assert len(cache) > 0
     assert _equal(_tensors(plain), _tensors(cached.artifact))
 

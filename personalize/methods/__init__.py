@@ -1,103 +1,120 @@
-"""The method registry: one module per method (peft style), an explicit dict, no import-time magic.
+"""The method registry: one module per method (peft style), an explicit dict of records, no import-time magic.
 
-Each module follows the method protocol of DESIGN sec. 5:
-  - `apply(pipe, artifact) -> undo` for inference (every method);
-  - training methods also have `Options` (a dataclass: the keys of the config's `method:` section, with
-    defaults) and `build(options, config) -> TrainingMethod`.
+    REGISTRY["lora"]  ->  MethodRecord(name, options, build, apply, kind, edit)
+
+The protocol a trained method keeps and the record's fields are in `personalize.methods.base`; adding a method is
+the checklist in `docs/adding-a-method.md`. `build_method(config, registry)` and `record_for_artifact(art,
+registry)` take the registry as an argument, so a test (or a plugin) can train and apply a method that is not
+in the default dict without changing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
-from typing import Protocol
 
-import torch
+from personalize.artifacts import ArtifactError
+from personalize.config import ConfigError, coerce
+from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
+from personalize.methods.personalization import (
+    classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion,
+)
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.personalization.bases import BASES
 
-from personalize.methods.personalization import classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion
-from personalize.methods.base import MethodError
-
-METHODS = {
-    "textual_inversion": textual_inversion,
-    "dreambooth": dreambooth,
-    "custom_diffusion": custom_diffusion,
-    "lora": lora,
-    "classdiffusion": classdiffusion,  # regularizers over a base (module attribute BASES)
-    "sude": sude,
-}  # content suppression (SuppressEOT) trains nothing and has no artifact: `Pipeline.generate(suppress=...)`
+logger = logging.getLogger(__name__)
 
 
-class TrainingMethod(Protocol):
-    """What `personalize.trainer` needs from a method (it knows no method names)."""
-
-    def setup(self, components, config, accelerator) -> None: ...
-    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]: ...
-    def trainable_modules(self) -> dict[str, torch.nn.Module]: ...
-    def use_modules(self, modules: dict[str, torch.nn.Module]) -> None: ...
-    def dataloader(self, start_micro: int, rank: int, world: int, class_examples=None) -> typing.Iterable[dict]: ...
-    # 'loss_*' terms are weighted by `loss_weights` (default 1) and summed; other keys (a gate rate) are only logged
-    def training_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
-    def loss_weights(self) -> dict[str, float]: ...
-    def trainable_state(self) -> dict[str, torch.Tensor]: ...
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None: ...
-    def finish(self) -> None: ...  # after the last step, before `artifact`
-    def artifact(self) -> dict: ...
-    def format_prompt(self, prompt: str) -> str: ...
-    def pipeline(self): ...
+def _trained(module, kind: str) -> MethodRecord:
+    name = module.Options.name
+    return MethodRecord(name, module.Options, module.build, apply_parts, kind)
 
 
-def method_module(name: str | None):
-    if name not in METHODS:
-        raise MethodError(f"unknown method {name!r} (config key method.name); known methods: {', '.join(METHODS)}")
-    module = METHODS[name]
-    if not hasattr(module, "build"):
+REGISTRY: dict[str, MethodRecord] = {
+    "textual_inversion": _trained(textual_inversion, "personalization"),
+    "dreambooth": _trained(dreambooth, "personalization"),
+    "custom_diffusion": _trained(custom_diffusion, "personalization"),
+    "lora": _trained(lora, "personalization"),
+    "classdiffusion": _trained(classdiffusion, "regularizer"),  # on a personalization base (`method.base`)
+    "sude": _trained(sude, "regularizer"),
+}
+
+__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "parse_options",
+           "record_for_artifact", "training_record"]
+
+
+def training_record(name: str | None, registry: dict = REGISTRY) -> MethodRecord:
+    if name not in registry:
+        raise MethodError(f"unknown method {name!r} (config key method.name); known methods: {', '.join(registry)}")
+    record = registry[name]
+    if record.build is None:
         raise MethodError(f"method {name!r} is inference-only; it cannot be trained")
-    return module
+    return record
 
 
-def parse_options(name: str, section: dict):
+def record_for_artifact(art, registry: dict = REGISTRY) -> MethodRecord:
+    """The record whose `apply` reads this artifact (its `method` metadata)."""
+    record = registry.get(art.method)
+    if record is None or record.apply is None:
+        known = ", ".join(n for n, r in registry.items() if r.apply is not None)
+        raise ArtifactError(f"{art.path}: unknown method {art.method!r} in metadata; known methods: {known}")
+    return record
+
+
+def build_method(config, registry: dict = REGISTRY) -> TrainingMethod:
+    """Check the method's options and data, before any model is loaded or any file written."""
+    name = config.method.get("name")
+    options = parse_options(name, config.method, registry)
+    return registry[name].build(options, config)
+
+
+# ------------------------------------------------------------------------------------------- options
+
+
+def _fields(options_cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(options_cls)} - {"base_options"}
+
+
+def parse_options(name: str, section: dict, registry: dict = REGISTRY):
     """The `method:` config section -> the method's `Options`; a key of another method is named as such.
 
-    A regularizer (a module with `BASES`: classdiffusion, sude) takes its own keys; the other keys are options of
-    its `base` and are parsed into `options.base_options`."""
-    module = method_module(name)
-    if not hasattr(module, "BASES"):
-        return _parse(name, module.Options, section)
-    own = {f.name for f in dataclasses.fields(module.Options)} - {"base_options"}
-    options = _parse(name, module.Options, {k: v for k, v in section.items() if k in own}, own)
-    if options.base not in module.BASES:
-        from personalize.config import ConfigError
-
-        raise ConfigError(f"config key 'method.base' of {name} must be one of {', '.join(module.BASES)}, "
-                          f"got {options.base!r}")
-    rest = {k: v for k, v in section.items() if k not in own}
-    options.base_options = _parse(options.base, METHODS[options.base].Options, rest | {"name": options.name},
-                                  set(own), regularizer=name)
+    A regularizer (classdiffusion, sude) takes its own keys; its base is `method.base`, a name or a section
+    `{name: <base>, <base option>: ...}`, parsed into `options.base_options`. The older flat form (the base's
+    options beside the regularizer's) is still read, with a deprecation warning."""
+    record = training_record(name, registry)
+    if record.kind != "regularizer":
+        return _parse(name, record.options, section, registry)
+    own = _fields(record.options)
+    base = section.get("base", record.options.base)
+    base_section = dict(base) if isinstance(base, dict) else {"name": base}
+    base_name = base_section.pop("name", None)
+    if base_name not in BASES:
+        raise ConfigError(f"config key 'method.base' of {name} must be one of {', '.join(BASES)} (or a section "
+                          f"with name: <base>), got {base_name!r}")
+    base_fields = _fields(registry[base_name].options) - {"name"}
+    flat = {k for k in section if k in base_fields and (k not in own or not isinstance(base, dict))}
+    if flat:
+        logger.warning("method keys %s of %s belong to its base %s: write them under method.base (a flat "
+                       "method section is deprecated)", sorted(flat), name, base_name)
+        base_section |= {k: section[k] for k in flat}
+    mine = {k: v for k, v in section.items() if k not in flat and k != "base"}
+    options = _parse(name, record.options, mine | {"base": base_name}, registry, also={"base"})
+    options.base_options = _parse(base_name, registry[base_name].options, base_section | {"name": options.name},
+                                  registry, label=f"{name} (base {base_name})", prefix="method.base.")
     return options
 
 
-def _parse(name: str, options_cls, section: dict, also: set | None = None, regularizer: str | None = None):
-    from personalize.config import ConfigError, _coerce
-
-    fields = {f.name for f in dataclasses.fields(options_cls)} - {"base_options"}
+def _parse(name: str, options_cls, section: dict, registry: dict, also: set | None = None,
+           label: str | None = None, prefix: str = "method."):
+    fields = _fields(options_cls)
     hints = typing.get_type_hints(options_cls)
     values = {}
     for key, value in section.items():
         if key not in fields:
-            owners = [m for m, mod in METHODS.items()
-                      if hasattr(mod, "Options") and key in {f.name for f in dataclasses.fields(mod.Options)}]
+            owners = [m for m, r in registry.items() if r.options and key in _fields(r.options)]
             where = f"it belongs to method {' / '.join(owners)}, not {name}" if owners else "no method has it"
-            known = sorted(fields | (also or set()))
-            label = f"{regularizer} (base {name})" if regularizer else name
-            raise ConfigError(f"config key 'method.{key}' is not an option of method {label} ({where}); "
-                              f"options: {', '.join(known)}")
-        values[key] = _coerce(value, hints[key], f"method.{key}")
+            raise ConfigError(f"config key '{prefix}{key}' is not an option of method {label or name} ({where}); "
+                              f"options: {', '.join(sorted(fields | (also or set())))}")
+        values[key] = coerce(value, hints[key], f"{prefix}{key}")
     return options_cls(**values)
-
-
-def build_method(config) -> TrainingMethod:
-    """Check the method's options and data, before any model is loaded or any file written."""
-    name = config.method.get("name")
-    options = parse_options(name, config.method)
-    return METHODS[name].build(options, config)

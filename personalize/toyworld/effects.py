@@ -138,15 +138,11 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
 
 
 def arms_from_config(path: str | Path) -> tuple[dict[str, dict], dict, str | None]:
-    """A regularizer's config -> arms {base, regularized} (the same base options), train section, prompt."""
-    import dataclasses
-
+    """A regularizer's config -> arms {base, regularized} (the same base options), train section, prompt.
+    The base arm is the config's `method.base` section (`{name: <base>, <its options>}`) trained alone."""
     import yaml
-
-    from personalize.methods import METHODS
 
     raw = yaml.safe_load(Path(path).read_text())
     method = raw["method"]
-    own = {f.name for f in dataclasses.fields(METHODS[method["name"]].Options)} - {"name"}
-    base = {"name": method.get("base")} | {k: v for k, v in method.items() if k not in own and k != "name"}
-    return {"base": base, "regularized": method}, raw.get("train", {}), raw.get("data", {}).get("instance_prompt")
+    base = method["base"] if isinstance(method["base"], dict) else {"name": method["base"]}
+    return {"base": dict(base), "regularized": method}, raw.get("train", {}), raw.get("data", {}).get("instance_prompt")

@@ -101,7 +101,7 @@ class Judge:
         return cls(net)
 
     def save(self, folder: str | Path, metrics: dict | None = None) -> None:
-        from personalize.artifacts import atomic_save_file, atomic_write_text
+        from personalize.atomic import atomic_save_file, atomic_write_text
 
         folder = Path(folder)
         atomic_save_file(self.net.state_dict(), folder / "judge.safetensors", {"format": "personalize-judge"})

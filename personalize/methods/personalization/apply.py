@@ -1,8 +1,11 @@
-"""Applying an artifact's parts to a live diffusers pipeline, each with an exact undo.
+"""The personalization bases' artifact kinds, and applying them to a live diffusers pipeline with an exact undo.
 
-`apply_parts(pipe, artifact)` adds the artifact's embeddings (new token rows), its weight delta (new values
-of named parameters) and its LoRA (diffusers `load_lora_weights`), and returns a function that undoes all of
-it. Everything is checked before anything is changed, so a bad artifact leaves the pipeline as it was.
+Kinds (the artifact's `weights` metadata): `none` (token embeddings only), `delta` (keys `unet.<parameter>` /
+`text_encoder.<parameter>` holding the *new values* of the changed parameters only: exact to apply and to undo)
+and `lora` (the diffusers/peft layout that diffusers `load_lora_weights` reads; kohya files too).
+`apply_parts(pipe, artifact)` adds the embeddings (new token rows), then the delta or the LoRA, and returns a
+function that undoes all of it. Everything is checked before anything is changed, so a bad artifact leaves the
+pipeline as it was.
 """
 
 from __future__ import annotations
@@ -15,11 +18,21 @@ from personalize.artifacts import Artifact, ArtifactError, check_width
 from personalize.tokens import TokenTableSnapshot, add_tokens, check_new_tokens
 
 Undo = Callable[[], None]
+KINDS = ("none", "delta", "lora")
+DELTA_PREFIXES = ("unet.", "text_encoder.")
+
+
+def check_delta_keys(delta: dict) -> dict:
+    """A delta names parameters of the UNet or the text encoder: `unet.<name>` / `text_encoder.<name>`."""
+    bad = [k for k in delta if not k.startswith(DELTA_PREFIXES)]
+    if bad:
+        raise ArtifactError(f"weight-delta keys must start with {DELTA_PREFIXES}; got {bad[:3]}")
+    return delta
 
 
 def _delta_targets(pipe, art: Artifact) -> list[tuple[torch.nn.Parameter, torch.Tensor, str]]:
     targets = []
-    for key, value in art.delta.items():
+    for key, value in check_delta_keys(art.weights).items():
         module_name, param_name = key.split(".", 1)
         params = dict(getattr(pipe, module_name).named_parameters())
         if param_name not in params:
@@ -63,7 +76,7 @@ def _apply_embeddings(pipe, art: Artifact) -> Undo:
 def _apply_lora(pipe, art: Artifact) -> Undo:
     adapter = f"a{abs(hash(art.path)) % 10**8}_{art.name}".replace(".", "_").replace("-", "_")
     try:
-        pipe.load_lora_weights(dict(art.lora), adapter_name=adapter)
+        pipe.load_lora_weights(dict(art.weights), adapter_name=adapter)
     except Exception as err:  # diffusers raises ValueError/KeyError for layouts it cannot map
         raise ArtifactError(f"{art.path}: LoRA could not be loaded into this model: {err}") from err
 
@@ -77,17 +90,19 @@ def _apply_lora(pipe, art: Artifact) -> Undo:
 
 def apply_parts(pipe, art: Artifact) -> Undo:
     """Apply embeddings, then weights; return one undo that reverses them in the opposite order."""
+    if art.kind not in KINDS:
+        raise ArtifactError(f"{art.path}: weights kind {art.kind!r} is not one of {art.method}'s kinds {KINDS}")
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     check_width(art, width)
     check_new_tokens(pipe.tokenizer, {t: v.shape[0] for t, v in art.embeddings.items()})
-    targets = _delta_targets(pipe, art)
+    targets = _delta_targets(pipe, art) if art.kind == "delta" else []
     undos: list[Undo] = []
     try:
         if art.embeddings:
             undos.append(_apply_embeddings(pipe, art))
         if targets:
             undos.append(_apply_delta(targets))
-        if art.lora:
+        if art.kind == "lora":
             undos.append(_apply_lora(pipe, art))
     except Exception:
         for undo in reversed(undos):

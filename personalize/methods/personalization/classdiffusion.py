@@ -2,21 +2,22 @@
 preservation loss (SPL) that keeps the new concept's text feature near its class.
 
     SPL = 1 - cos( f("a photo of a <tok> dog"), f("a photo of a dog") )         (official
-    `utils/semantic_preservation_loss.py`; spec classdiffusion.md sec. 2)
+    `utils/semantic_preservation_loss.py`; the paper's Eq. 3)
 
 f is the final-layer-normed last hidden state of the CLIP text encoder at one pooled position, no projection.
 The class phrase holds no trainable row, so its feature is computed once (every step only when the base
 trains text-encoder layers). The SPL reaches nothing but the text side: the new token's rows (and the
 text-encoder layers when the base trains them); its gradient never reaches the UNet.
 
-Pooling (spec sec. 2.1): `eos` (default) pools at the first EOS with the normal forward, as the paper's Fig. 5
+Pooling: `eos` (default) pools at the first EOS with the normal forward, as the paper's Fig. 5
 describes. `official` reproduces the released code: the argmax of the ids (the new token, whose id is above EOS)
 and the token's slot without its position embedding.
 
 Defaults: the official recipe is Custom Diffusion (K/V + token), lr 1e-5 x scale_lr, batch 2, 500 steps, and
 no prior preservation; the official code runs the prior loss *instead of* the SPL when both are asked. We refuse
 that combination unless `allow_with_prior: true`, which sums both (not in the paper). On a base without a token
-(dreambooth, lora) the SPL could move nothing, so a modifier token `modifier_token` is added and trained with it.
+(dreambooth, lora) the SPL could move nothing, so a modifier token `modifier_token` (default "sks") is added and
+trained with it; a base with its own token names it itself (`method.base.modifier_token` / `placeholder_token`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from personalize.methods.personalization.apply import apply_parts
-from personalize.methods.personalization.bases import BASES, base_spec
+from personalize.methods.personalization.bases import base_spec
 from personalize.methods.base import MethodError
 from personalize.methods.personalization.tuner import StepContext, Tuner
 
@@ -37,14 +37,14 @@ POOLINGS = ("eos", "official")
 @dataclass
 class Options:
     name: str = "classdiffusion"
-    base: str = "custom_diffusion"  # any of BASES; the other keys of `method:` are the base's options
+    base: str = "custom_diffusion"  # any personalization base; its options go under `method.base` ({name: ..., ...})
     class_word: str = ""  # required: "dog" in "a photo of a <tok> dog"
     lambda_spl: float = 1.0  # the official `--spl_weight`
     spl_pooling: str = "eos"
     spl_template: str = "a photo of a {token} {cls}"
     spl_class_template: str = "a photo of a {cls}"
     allow_with_prior: bool = False
-    modifier_token: str = "sks"  # only for bases without a token (dreambooth, lora)
+    modifier_token: str | None = None  # only for bases without a token (dreambooth, lora); None: "sks"
     base_options: object = None  # the base's Options, filled by `parse_options`
 
 
@@ -96,7 +96,7 @@ def pooled_features(text_encoder, ids: torch.Tensor, eos_id: int, pooling: str,
 
 def spl_loss(text_encoder, ids_personalized: torch.Tensor, ids_class: torch.Tensor, eos_id: int,
              pooling: str = "eos", first_new_id: int | None = None, f_class: torch.Tensor | None = None):
-    """The spec's hook: token ids (N, L) of the personalized and class phrases -> (SPL, f_class).
+    """Token ids (N, L) of the personalized and class phrases -> (SPL, f_class).
     Pass the returned `f_class` back to reuse it (it is constant while text-encoder layers are frozen)."""
     if f_class is None:
         with torch.no_grad():
@@ -150,10 +150,11 @@ def build(options: Options, config) -> Tuner:
                           "loss when both are on): set train.with_prior_preservation=false, or "
                           "method.allow_with_prior=true to sum both")
     spec = base_spec(o, {"class_word": o.class_word, "lambda_spl": str(o.lambda_spl), "spl_pooling": o.spl_pooling})
+    if spec.tokens and o.modifier_token is not None:
+        key = "placeholder_token" if o.base == "textual_inversion" else "modifier_token"
+        raise MethodError(f"method.modifier_token is for bases without a token (dreambooth, lora); {o.base} adds "
+                          f"its own: set method.base.{key}={o.modifier_token} instead")
     if not spec.tokens:
-        spec.tokens = [(o.modifier_token, "object", 1)]
+        spec.tokens = [(o.modifier_token or "sks", "object", 1)]
     return Tuner(spec, config, regularizers=(SemanticPreservation(o),))
 
-
-BASES = tuple(BASES)
-apply = apply_parts

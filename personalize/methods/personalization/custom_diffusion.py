@@ -2,14 +2,13 @@
 train the cross-attention K/V projections (or K/V/Q/out with `freeze_model: crossattn`) plus a modifier token.
 
 Defaults follow diffusers `examples/custom_diffusion/train_custom_diffusion.py` and ClassDiffusion's scripts
-(spec classdiffusion.md sec. 3): lr 1e-5 with scale_lr, random-rescale augmentation with a
+(ClassDiffusion's official `train_class_diffusion.py` recipe): lr 1e-5 with scale_lr, random-rescale augmentation with a
 masked loss (`rescale_aug: false` = the script's --noaug). The artifact holds the modifier token's rows and a
 delta of the attn2 projections.
 """
 
 from dataclasses import dataclass
 
-from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.base import MethodError
 from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
@@ -40,5 +39,3 @@ def make_spec(options: Options) -> TunerSpec:
 def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
-
-apply = apply_parts

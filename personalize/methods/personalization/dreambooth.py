@@ -8,7 +8,6 @@ table stays frozen so the delta composes with embedding artifacts).
 
 from dataclasses import dataclass
 
-from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
 
@@ -26,5 +25,3 @@ def make_spec(options: Options) -> TunerSpec:
 def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
-
-apply = apply_parts

@@ -6,7 +6,6 @@ layout that `pipe.load_lora_weights` reads (alpha folded into the up weights, so
 
 from dataclasses import dataclass, field
 
-from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.base import MethodError
 from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
@@ -31,5 +30,3 @@ def make_spec(options: Options) -> TunerSpec:
 def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
-
-apply = apply_parts

@@ -4,7 +4,7 @@ model's own implicit classifier.
 
 For the subject prediction eps_s (with gradient) and, without gradient and with the current weights, the
 category and unconditional predictions eps_c, eps_u at the same x_t, t (official `ldm/models/diffusion/ddpm.py`,
-`prob_loss_func_class`; spec sude.md sec. 2.2):
+`prob_loss_func_class`):
 
     mu(eps)  = coef1_t * x0(eps) + coef2_t * x_t                  (DDPM posterior mean)
     L_raw    = [ mean((mu_s - mu_c)^2) - mean((mu_s - mu_u)^2) ] / (2 * var_t + 1e-6)     per sample
@@ -12,9 +12,9 @@ category and unconditional predictions eps_c, eps_u at the same x_t, t (official
     g        = 1[L_raw > L_ref]          (truncation: stop once the subject is as category-like as the category)
     loss     = sude_weight * g * L_raw / coef1_t
 
-which equals sude_weight * g * F_t * [mean((eps_s-eps_c)^2) - mean((eps_s-eps_u)^2)] (spec sec. 2.3): the
+which equals sude_weight * g * F_t * [mean((eps_s-eps_c)^2) - mean((eps_s-eps_u)^2)] (expand the means): the
 gradient pushes eps_s along the classifier-free-guidance direction eps_c - eps_u. Departures from the official
-code (its quirks, spec sec. 3.1): per sample, any batch size; prior samples routed by origin, not by a string
+code (its quirks): per sample, any batch size; prior samples routed by origin, not by a string
 test on the caption; t < `min_timestep` (default 1, the t=0 spike F_0 ~ 851) gets no term; the official
 asymmetric x0 clamp of mu_c, mu_u is a flag (`clamp_x0`, off). The category and unconditional passes are one
 batched UNet call under no_grad.
@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from personalize.methods.personalization.apply import apply_parts
-from personalize.methods.personalization.bases import BASES, base_spec
+from personalize.methods.personalization.bases import base_spec
 from personalize.methods.base import MethodError
 from personalize.methods.personalization.tuner import StepContext, Tuner
 
@@ -37,7 +36,7 @@ TRUNCATIONS = ("reference", "none")
 @dataclass
 class Options:
     name: str = "sude"
-    base: str = "dreambooth"  # the official code's baseline; any of BASES (the other keys are its options)
+    base: str = "dreambooth"  # the official code's baseline; any personalization base, options under `method.base`
     class_word: str = ""  # required: the category, "dog" for "photo of a sks dog"
     sude_weight: float = 0.4  # official argparse/yaml default; its examples use 0.8 and 1.6
     category_template: str = "photo of a {cls}"
@@ -152,6 +151,3 @@ def build(options: Options, config) -> Tuner:
     spec = base_spec(o, {"class_word": o.class_word, "sude_weight": str(o.sude_weight)})
     return Tuner(spec, config, regularizers=(SubjectDerived(o),))
 
-
-BASES = tuple(BASES)
-apply = apply_parts

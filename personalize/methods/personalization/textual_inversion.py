@@ -7,7 +7,6 @@ object/style caption templates). Only the trigger's rows change; the artifact is
 from dataclasses import dataclass
 
 from personalize.data import TEMPLATES
-from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.personalization.tuner import Tuner, TunerSpec
 
 
@@ -37,5 +36,3 @@ def make_spec(options: Options) -> TunerSpec:
 def build(options: Options, config) -> Tuner:
     return Tuner(make_spec(options), config)
 
-
-apply = apply_parts
