@@ -20,14 +20,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASES = ["textual_inversion", "lora", "custom_diffusion", "dreambooth"]
-# regularizers: (label, method section, the base whose step it is compared with)
+# regularizers: (label, method section, the base whose step it is compared with); the bases come from the registry
 REGULARIZERS = [
     ("classdiffusion on custom_diffusion", {"name": "classdiffusion", "class_word": "dog"}, "custom_diffusion"),
     ("sude on dreambooth", {"name": "sude", "class_word": "dog"}, "dreambooth"),
-    ("sude on custom_diffusion", {"name": "sude", "class_word": "dog", "base": "custom_diffusion"},
+    ("sude on custom_diffusion", {"name": "sude", "class_word": "dog", "base": {"name": "custom_diffusion"}},
      "custom_diffusion"),
 ]
+
+
+def bases() -> list[str]:
+    from personalize.methods import REGISTRY
+
+    return [name for name, record in REGISTRY.items() if record.kind == "personalization"]
 MARK = "## Training step per base (bench_train.py)"
 
 
@@ -127,7 +132,7 @@ def main() -> None:
         model = save_tiny_model(Path(tmp) / "model", ROOT / "tests" / "fixtures" / "clip_tokenizer", "sd1")
         data = write_concept_images(Path(tmp) / "data")
         rows = {}
-        arms = [(m, {"name": m}) for m in BASES] + [(label, section) for label, section, _ in REGULARIZERS]
+        arms = [(m, {"name": m}) for m in bases()] + [(label, section) for label, section, _ in REGULARIZERS]
         for label, section in arms:
             proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
                                    "--one", json.dumps(section), str(model), str(data)],
@@ -135,7 +140,7 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(proc.stderr[-2000:])
             rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-    text = table([rows[m] for m in BASES], args.steps, args.device) + regularizer_table(rows)
+    text = table([rows[m] for m in bases()], args.steps, args.device) + regularizer_table(rows)
     print(text)
     if args.write:
         write_section(text)

@@ -12,6 +12,8 @@ import torch
 
 from personalize.artifacts import save_embedding
 
+pytestmark = pytest.mark.browser  # runs by default; `pytest -m 'not browser'` leaves it out
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

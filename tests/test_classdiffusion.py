@@ -7,7 +7,9 @@ from helpers import train_config
 
 from personalize.artifacts import load_artifact
 from personalize.methods.personalization.classdiffusion import pool_index, pooled_features, spl, spl_loss
-from personalize.methods.personalization.parts import MethodError, TokenRows
+from personalize.methods.base import MethodError
+from personalize.methods.personalization.bases import BASES
+from personalize.methods.personalization.parts import TokenRows
 from personalize.pipeline import load_pipeline
 from personalize.tiny import tiny_text_encoder, tiny_tokenizer
 from personalize.trainer import train
@@ -101,7 +103,7 @@ def test_prior_preservation_is_refused_unless_asked(tmp_path, tiny_sd1, concept_
     assert result.artifact.exists()
 
 
-@pytest.mark.parametrize("base", ["custom_diffusion", "textual_inversion", "dreambooth", "lora"])
+@pytest.mark.parametrize("base", sorted(BASES))
 def test_every_base_trains_and_the_artifact_loads(tmp_path, tiny_sd1, concept_dir, base):
     opts = CD | {"base": base}
     cfg = train_config(tiny_sd1, concept_dir, tmp_path / "o", "classdiffusion", opts)
@@ -121,3 +123,26 @@ def test_bad_options_are_named(tmp_path, tiny_sd1, concept_dir):
                                                                    "belongs to method lora")]:
         with pytest.raises((MethodError, ConfigError), match=match):
             train(train_config(tiny_sd1, concept_dir, tmp_path / "o", "classdiffusion", opts))
+
+
+@pytest.mark.parametrize("form", ["nested", "flat"])
+def test_the_users_modifier_token_reaches_the_default_base(tmp_path, tiny_sd1, concept_dir, form):
+    """A modifier token set for ClassDiffusion's default base (Custom Diffusion) is the trigger that trains; it
+    was once shadowed by the regularizer's own option of the same name and silently dropped."""
+    opts = {"class_word": "dog"}
+    if form == "nested":
+        opts |= {"base": {"name": "custom_diffusion", "modifier_token": "xyzzy"}}
+    else:  # the older flat section: the base's keys beside the regularizer's (deprecated, still read)
+        opts |= {"base": "custom_diffusion", "modifier_token": "xyzzy"}
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "classdiffusion", opts, max_train_steps=1)
+    cfg.data.instance_prompt = "a photo of {} dog"
+    art = load_artifact(train(cfg).artifact)
+    assert art.triggers == ["xyzzy"]
+
+
+def test_a_regularizer_token_on_a_base_with_its_own_is_refused(tmp_path, tiny_sd1, concept_dir):
+    opts = {"class_word": "dog", "base": {"name": "custom_diffusion"}, "modifier_token": "xyzzy"}
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "classdiffusion", opts)
+    with pytest.raises(MethodError, match="method.base.modifier_token=xyzzy"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ import pytest
 from pathlib import Path
 
 from personalize.config import ConfigError, dump_config, load_config, parse_overrides
+from personalize.methods import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +81,7 @@ def test_base_yaml_states_every_default():
     assert base == to_dict(Config())
 
 
-METHOD_CONFIGS = ["textual_inversion", "dreambooth", "custom_diffusion", "lora", "classdiffusion", "sude"]
+METHOD_CONFIGS = [name for name, record in REGISTRY.items() if record.build is not None]  # every trained method
 
 
 @pytest.mark.parametrize("name", METHOD_CONFIGS)

@@ -10,6 +10,8 @@ import pytest
 
 from personalize.toyworld.effects import arms_from_config, compare
 
+pytestmark = pytest.mark.effect  # runs by default; `pytest -m 'not effect'` leaves it out
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toyworld"
 
 

@@ -16,6 +16,8 @@ import torch
 
 from personalize.toyworld.suppression import ARMS, CASES, measure
 
+pytestmark = pytest.mark.effect  # runs by default; `pytest -m 'not effect'` leaves it out
+
 SEEDS = 8
 TEXTURE_SEEDS = 12
 

@@ -117,16 +117,7 @@ def test_dreambooth_text_encoder_keeps_token_table(tmp_path, tiny_sd1, concept_d
     assert not any("token_embedding" in k for k in art.weights)
 
 
-@pytest.mark.parametrize("method", ["textual_inversion", "custom_diffusion", "lora", "dreambooth"])
-def test_artifact_reloads_and_changes_output(tmp_path, tiny_sd1, concept_dir, method):
-    result = _run(tmp_path, tiny_sd1, concept_dir, method, learning_rate=5e-2)
-    pipe = load_pipeline(str(tiny_sd1), device="cpu")
-    before = pixels(pipe.generate(PROMPT, seed=0, steps=3)[0])
-    pipe.add_artifact(str(result.artifact))
-    after = pixels(pipe.generate(PROMPT, seed=0, steps=3)[0])
-    assert np.abs(after - before).mean() > 0.05
-    pipe.remove_artifact(pipe.artifacts[0].name)
-    assert np.array_equal(pixels(pipe.generate(PROMPT, seed=0, steps=3)[0]), before)
+# Reload, apply, change the output and undo exactly: every registry entry's row in tests/test_methods.py.
 
 
 @pytest.mark.parametrize("method", ["textual_inversion", "lora"])

@@ -9,6 +9,7 @@ from helpers import train_config
 from personalize.artifacts import read_safetensors
 from personalize.checkpoint import list_checkpoints
 from personalize.errors import PersonalizeError
+from personalize.methods import REGISTRY
 from personalize.trainer import step_generator, train
 
 
@@ -141,7 +142,7 @@ def test_flags_change_training(tmp_path, tiny_sd1, concept_dir, flags):
         assert not _equal(a, b)
 
 
-@pytest.mark.parametrize("method", ["textual_inversion", "custom_diffusion", "lora", "dreambooth"])
+@pytest.mark.parametrize("method", [n for n, r in REGISTRY.items() if r.kind == "personalization"])
 def test_bf16_mixed_precision_keeps_trainable_weights_float32(tmp_path, tiny_sd1, concept_dir, method):
     result = train(train_config(tiny_sd1, concept_dir, tmp_path / "out", method, max_train_steps=2,
                                 mixed_precision="bf16"))

@@ -1,0 +1,158 @@
+"""One table for every registry entry: it trains a few steps, only the expected parameters move, and its artifact
+saves, loads, applies and undoes exactly. Plus a throw-away method trained through the public protocol alone."""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from helpers import pixels, same_state, state, train_config
+
+from personalize.artifacts import ArtifactContent, load_artifact
+from personalize.components import load_components
+from personalize.methods import REGISTRY, MethodRecord, record_for_artifact
+from personalize.methods import blocks
+from personalize.methods.personalization.apply import apply_parts
+from personalize.methods.personalization.parts import TokenRows
+from personalize.pipeline import load_pipeline
+from personalize.trainer import train
+
+NEW_ROWS = r"text_encoder\.(text_model\.)?embeddings\.token_embedding\.weight\[new rows\]"
+CD_KV = r"unet\..*\.attn2\.processor\.to_[kv]_custom_diffusion\.weight"
+UNET_OWN = r"unet\.(?!.*(lora_|processor\.)).*"
+
+
+@dataclass
+class Row:
+    options: dict  # the `method:` section
+    moves: list[str]  # every moved tensor matches one of these; each of them matches at least one moved tensor
+    prompt: str = "a photo of sks dog"
+
+
+TRAINED = {
+    "textual_inversion": Row({}, [NEW_ROWS], "a photo of {} dog"),
+    "custom_diffusion": Row({}, [CD_KV, NEW_ROWS], "a photo of {} dog"),
+    "lora": Row({"rank": 2}, [r"unet\..*\.lora_[AB]\.default\.weight"]),
+    "dreambooth": Row({}, [UNET_OWN]),
+    "classdiffusion": Row({"class_word": "dog"}, [CD_KV, NEW_ROWS], "a photo of {} dog"),
+    "sude": Row({"class_word": "dog"}, [UNET_OWN]),
+}
+INFERENCE = {"suppress_eot"}
+
+
+def test_the_table_covers_every_registry_entry():
+    assert set(TRAINED) | INFERENCE == set(REGISTRY)
+    assert {n for n, r in REGISTRY.items() if r.build is None} == INFERENCE
+    assert all(r.name == n for n, r in REGISTRY.items())
+
+
+def _flat_state(c) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k.replace('.base_layer', '')}": v.detach().float().clone()
+            for prefix, module in (("unet", c.unet), ("text_encoder", c.text_encoder), ("vae", c.vae))
+            for k, v in module.state_dict().items()}
+
+
+def _moved(before: dict, after: dict) -> set[str]:
+    """Tensors that changed or were added; a grown token table counts its new rows apart from its old ones."""
+    out = set()
+    for key, value in after.items():
+        old = before.get(key)
+        if old is None:
+            if value.abs().sum() > 0 or "lora_B" in key:  # added; LoRA B starts at 0, A is random
+                out.add(key)
+        elif old.shape != value.shape:
+            out.add(f"{key}[new rows]")
+            if not torch.equal(value[: old.shape[0]], old):
+                out.add(f"{key}[old rows]")
+        elif not torch.equal(value, old):
+            out.add(key)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED))
+def test_method_trains_moves_only_its_parameters_and_applies_exactly(tmp_path, tiny_sd1, concept_dir, name):
+    row = TRAINED[name]
+    before = _flat_state(load_components(str(tiny_sd1)))
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", name, row.options, max_train_steps=2,
+                       learning_rate=5e-2)
+    cfg.data.instance_prompt = row.prompt
+    result = train(cfg)
+    moved = _moved(before, _flat_state(result.method.c))
+    stray = [k for k in moved if not any(re.fullmatch(p, k) for p in row.moves)]
+    assert stray == [], f"{name} moved tensors it should not: {stray[:5]}"
+    assert all(any(re.fullmatch(p, k) for k in moved) for p in row.moves), (name, sorted(moved)[:5])
+
+    art = load_artifact(result.artifact)
+    assert record_for_artifact(art) is REGISTRY[name] and art.method == name
+    pipe = load_pipeline(str(tiny_sd1), device="cpu")
+    te0, unet0, ntok = state(pipe.sd.text_encoder), state(pipe.sd.unet), len(pipe.sd.tokenizer)
+    prompt = row.prompt.replace("{}", art.triggers[0]) if art.triggers else row.prompt
+    plain = pixels(pipe.generate(prompt, seed=0, steps=3)[0])
+    pipe.add_artifact(art)
+    assert np.abs(pixels(pipe.generate(prompt, seed=0, steps=3)[0]) - plain).mean() > 0.05
+    pipe.remove_artifact(art.name)
+    assert len(pipe.sd.tokenizer) == ntok
+    assert same_state(state(pipe.sd.text_encoder), te0) and same_state(state(pipe.sd.unet), unet0)
+    assert np.array_equal(pixels(pipe.generate(prompt, seed=0, steps=3)[0]), plain)
+
+
+# ------------------------------------------------------------------------------ a method written for this test
+
+
+@dataclass
+class TowardOptions:
+    name: str = "row_toward"
+    token: str = "zq"
+    target: float = 0.5
+
+
+class RowToward:
+    """Train one new token row toward a fixed vector: loss_toward = mean((row - target)^2)."""
+
+    def __init__(self, options: TowardOptions, config):
+        self.o = options
+
+    def setup(self, components, config, accelerator) -> None:
+        c = self.c = components
+        blocks.freeze(c.vae, c.unet, c.text_encoder)
+        self.rows = TokenRows.add(c.tokenizer, c.text_encoder, [(self.o.token, "dog", 1)])
+        self.row = self.rows.make_trainable(c.text_encoder)  # (1, width)
+        blocks.place((c.vae, c.unet, c.text_encoder), accelerator.device, torch.float32)
+
+    def trainable_modules(self) -> dict:
+        return {"text_encoder": self.c.text_encoder}
+
+    def dataloader(self, start: int, rank: int, world: int):
+        while True:
+            yield {}
+
+    def training_step(self, batch: dict, generator) -> dict:
+        return {"loss_toward": ((self.row - self.o.target) ** 2).mean()}
+
+    def finish(self) -> None:
+        self.rows.fold(self.c.text_encoder)
+
+    def artifact(self) -> ArtifactContent:
+        return ArtifactContent(self.o.token, self.rows.vectors(self.c.text_encoder))
+
+
+def test_a_new_method_trains_through_the_public_protocol(tmp_path, tiny_sd1, concept_dir):
+    record = MethodRecord("row_toward", TowardOptions, RowToward, apply_parts, "personalization")
+    registry = REGISTRY | {"row_toward": record}
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "row_toward", {"target": 0.5},
+                       max_train_steps=40, learning_rate=0.05, checkpointing_steps=20)
+    start = load_components(str(tiny_sd1)).text_encoder.get_input_embeddings().weight[
+        load_components(str(tiny_sd1)).tokenizer.encode("dog", add_special_tokens=False)[0]]
+    result = train(cfg, registry=registry)
+    art = load_artifact(result.artifact)
+    assert result.artifact.name == "zq.safetensors" and art.method == "row_toward" and art.triggers == ["zq"]
+    row = art.embeddings["zq"][0]
+    assert (row - 0.5).abs().mean() < 0.5 * (start - 0.5).abs().mean()  # it moved most of the way
+    assert (tmp_path / "out" / "checkpoint-40" / "trainable.safetensors").is_file()  # state from the module
+    with pytest.raises(Exception, match="unknown method 'row_toward'"):
+        record_for_artifact(art)  # not in the default registry
+    pipe = load_pipeline(str(tiny_sd1), device="cpu")
+    undo = record_for_artifact(art, registry).apply(pipe.sd, art)
+    assert torch.equal(pipe.sd.text_encoder.get_input_embeddings().weight[-1], row)
+    undo()
