@@ -45,7 +45,7 @@ def suite_prompts(suite: str, seed: int = 0) -> list[tuple[str, dict]]:
         out = []
         for _ in range(12):
             (s1, c1), (s2, c2) = rng.sample(seen, 2)
-            out.append((f"{w._a(c1)} {c1} {s1} and {w._a(c2)} {c2} {s2} on a {bg()} background",
+            out.append((f"{w.article(c1)} {c1} {s1} and {w.article(c2)} {c2} {s2} on a {bg()} background",
                         {"kind": "pair", "objects": sorted([(s1, c1), (s2, c2)])}))
         return out
     if suite == "texture":

@@ -123,7 +123,7 @@ def object_phrase(o: Obj, with_size: bool = True) -> str:
     return " ".join(words) + texture
 
 
-def _a(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -136,7 +136,7 @@ def caption(scene: Scene, rng: random.Random | None = None) -> str:
         return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}{bg}"
     if scene.kind == "pair":
         a, b = scene.objects
-        return f"{_a(a.color)} {a.color} {a.shape} and {_a(b.color)} {b.color} {b.shape}{bg}"
+        return f"{article(a.color)} {a.color} {a.shape} and {article(b.color)} {b.color} {b.shape}{bg}"
     acc = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(scene.accessory, "")
     return f"a photo of a {scene.expression} person{acc}{bg}"
 
