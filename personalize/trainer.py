@@ -4,9 +4,10 @@
 
 The loop knows no method names: a method (methods registry; the protocol is in `personalize.methods.base`)
 returns named loss terms, which are summed with its weights and logged one by one. The loop derives the
-optimizer's parameters, the checkpoint's tensors and the DDP wrapping from the method's `trainable_modules()`. Every random draw of a step (data order, crops, noise, timesteps, VAE
-samples) is a function of (seed, micro-step, rank), so `resume_from_checkpoint: latest` continues exactly
-and a resumed run ends with the same weights as an uninterrupted one.
+optimizer's parameters, the checkpoint's tensors and the DDP wrapping from the method's `trainable_modules()`.
+Every random draw of a step (data order, crops, noise, timesteps, VAE samples) is a function of (seed,
+micro-step, rank), so `resume_from_checkpoint: latest` continues exactly and a resumed run ends with the same
+weights as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def _unet_call(unet, model_input, t, embeds, timestep_cond):
 
 def sample(unet, scheduler, cond, steps, from_step=0, to_step=None, *, latents, grad_steps=0,
            guidance=1.0, uncond=None, checkpoint=True, timestep_cond=None) -> torch.Tensor:
-    """Run denoising steps [from_step, to_step) of a `steps`-step schedule from `latents`; return the latents after them.
+    """Run denoising steps [from_step, to_step) of a `steps`-step schedule from `latents`; return the latents
+    after them.
 
     `latents` (B, 4, h, w) are x at `timesteps(scheduler, steps)[from_step]`, already scaled (the stock pipeline
     multiplies fresh noise by `init_noise_sigma` first; 1.0 for DDIM); they keep their dtype, the UNet gets its

@@ -120,7 +120,8 @@ def cross_attention_layers(unet) -> dict[str, torch.nn.Module]:
 
 def add_custom_diffusion(unet, train_q_out: bool, xformers: bool = False) -> dict[str, torch.nn.Module]:
     """Install trainable Custom Diffusion processors on attn2 (K/V, plus Q/out for `crossattn`); returns them.
-    They are set with `set_attn_processor` directly (diffusers' `load_attn_procs` may silently load nothing for these processors)."""
+    They are set with `set_attn_processor` directly (diffusers' `load_attn_procs` may silently load nothing for
+    these processors)."""
     from diffusers.models import attention_processor as ap
 
     cls = ap.CustomDiffusionXFormersAttnProcessor if xformers else ap.CustomDiffusionAttnProcessor2_0
