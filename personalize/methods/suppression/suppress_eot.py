@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -230,7 +231,7 @@ class StepHook:
         return kwargs
 
 
-def suppressed_call(sd, call: dict, supp: Suppression) -> tuple[dict, object]:
+def suppressed_call(sd, call: dict, supp: Suppression) -> tuple[dict, Callable[[], None]]:
     """`call` (keyword arguments of `sd(...)` with `prompt`, as `Pipeline.generate` builds them) -> the arguments that
     generate those prompts with `supp` applied, and a cleanup callable (removes the ITO attention recorder).
 
