@@ -33,8 +33,9 @@ class Callbacks:
     def generate(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
                  suppress, suppress_mode, progress=gr.Progress(track_tqdm=True)):
         try:
+            edits = self.studio.edits(suppress, suppress_mode)
             images = self.studio.generate(prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width,
-                                          height, num_images, suppress, suppress_mode)
+                                          height, num_images, edits)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
         return [(im.image, f"seed {im.settings['seed']}") for im in images], self.studio.info(images), images

@@ -29,6 +29,8 @@ def timed(fn) -> float:
 
 
 def arms(plain, ours, prompt: str, steps: int) -> dict:
+    from personalize.methods.suppression.suppress_eot import edit
+
     seed, words = 0, prompt.split()[-1]
 
     def run_plain():
@@ -37,8 +39,8 @@ def arms(plain, ours, prompt: str, steps: int) -> dict:
     def gen(**kw):
         return lambda: ours.generate(prompt, seed=seed, steps=steps, guidance_scale=7.5, **kw)
 
-    return {"plain": run_plain, "generate": gen(), "swr": gen(suppress=words),
-            "swr+ito": gen(suppress=words, suppress_mode="swr+ito")}
+    return {"plain": run_plain, "generate": gen(), "swr": gen(edits=[edit({"words": [words]})]),
+            "swr+ito": gen(edits=[edit({"words": [words], "suppress_mode": "swr+ito"})])}
 
 
 def rounds(runs: dict, names: list[str], repeats: int) -> dict[str, list[float]]:

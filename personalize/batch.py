@@ -15,6 +15,7 @@ from pathlib import Path
 from personalize.atomic import atomic_path, atomic_write_text
 from personalize.errors import PersonalizeError
 
+
 def slug(prompt: str, fallback: str = "prompt") -> str:
     """A file-name-safe prefix of a prompt: 'a photo, of x' -> 'a_photo_of_x' (at most 40 characters)."""
     return re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:40] or fallback
@@ -81,7 +82,10 @@ def _existing_settings(path: Path) -> dict | None:
 
 def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch_size: int = 4,
               state=None, progress: bool = True, **gen_kwargs) -> list[dict]:
-    """Generate every (prompt, seed) not already in `out`; return the records of all jobs (main process)."""
+    """Generate every (prompt, seed) not already in `out`; return the records of all jobs (main process).
+
+    `gen_kwargs` go to both `pipe.generate` and `pipe.settings` (negative_prompt, steps, guidance_scale, height,
+    width, edits): an existing file is kept only if its stored settings are what these would write."""
     from tqdm.auto import tqdm
 
     out = Path(out)

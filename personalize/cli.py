@@ -53,6 +53,16 @@ def _suppress_options(args) -> dict:
     return options
 
 
+def _edits(args) -> list:
+    """The generation edits (`personalize.pipeline.Edit`) the flags ask for: SuppressEOT for --suppress."""
+    options = _suppress_options(args)
+    if not args.suppress:
+        return []
+    from personalize.methods.suppression.suppress_eot import SuppressEdit, make_suppression
+
+    return [SuppressEdit(make_suppression(args.suppress, args.suppress_mode, options or None))]
+
+
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a pickled .pt/.bin embedding to safetensors (weights_only load)")
     p.add_argument("files", nargs="+", help=".pt or .bin embedding files")
@@ -98,21 +108,17 @@ def cmd_generate(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
-    suppress_options = _suppress_options(args)  # bad options fail before the model loads
+    edits = _edits(args)  # bad options fail before the model loads
     state = process_state()
     pipe = load_pipeline(args.base, args.artifact, device=args.device or state.device, dtype=args.dtype,
                          scheduler=args.scheduler, local_files_only=args.local_files_only,
                          safety_checker=args.safety_checker)
     prompts = fill_trigger(prompts, [t for a in pipe.artifacts for t in a.triggers])
-    suppress = {}
-    if args.suppress:
-        suppress = {"suppress": args.suppress, "suppress_mode": args.suppress_mode,
-                    "suppress_options": suppress_options or None}
-        pipe.check_suppress(prompts, **suppress)  # every prompt, before the first image is written
+    pipe.check_edits(prompts, edits)  # every prompt, before the first image is written
     records = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
-        height=args.height, width=args.width, **suppress,
+        height=args.height, width=args.width, edits=edits,
     )
     if state.is_main_process:
         print(f"{len(records)} images in {args.out} (grid.png, results.jsonl)")

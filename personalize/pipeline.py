@@ -6,6 +6,14 @@
 
 Artifacts are applied by their method's `apply` (methods registry) and undone in reverse order, so they can be
 added and removed on a live pipeline without reloading the base.
+
+Everything that changes one generation call at inference time is an `Edit` (content suppression is the first):
+
+    from personalize.methods.suppression.suppress_eot import edit
+    images = pipe.generate("a man wearing glasses", seed=0, edits=[edit({"words": ["glasses"]})])
+
+This module knows no method: it checks each edit against the prompts, lets each rewrite the keyword arguments of
+the stock diffusers call in turn, and stores what each describes in the image settings.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -29,10 +37,33 @@ SCHEDULERS = {
 }
 
 
+class Edit(Protocol):
+    """An inference-time change of one generation call (content suppression, a face photo, ...).
+
+    check(sd, prompts)        raise a clear error if the edit cannot apply to these prompts; `generate` calls it
+                              for every prompt before any image is made (the CLI before the first file is written)
+    call_kwargs(sd, call)     (new kwargs, cleanup): `call` holds the keyword arguments of the stock diffusers
+                              call as `generate` built them (prompt, negative_prompt, num_images_per_prompt,
+                              num_inference_steps, guidance_scale, height, width, generator, extras) or as the
+                              previous edit returned them; return a new dict, not the same one changed. `cleanup`
+                              takes no argument and runs after the call, even when it raises
+    describe()                JSON-able settings merged into each image's settings (its PNG `personalize` chunk,
+                              compared by batch resume); keys must not clash with the base settings or other edits
+    label()                   "Key: value" text appended to the A1111-style `parameters` chunk ("" for none)
+
+    `sd` is the stock diffusers `StableDiffusionPipeline`. Several edits apply in order; cleanups run in reverse."""
+
+    def check(self, sd, prompts: list[str]) -> None: ...
+    def call_kwargs(self, sd, call: dict) -> tuple[dict, Callable[[], None]]: ...
+    def describe(self) -> dict: ...
+    def label(self) -> str: ...
+
+
 @dataclass
 class GeneratedImage:
     image: "object"  # PIL.Image.Image
     settings: dict = field(default_factory=dict)
+    labels: tuple[str, ...] = ()  # the edits' `label()`s, appended to the `parameters` chunk
 
     def pnginfo(self):
         """PNG text chunks: A1111-style `parameters` plus our JSON `personalize` settings."""
@@ -45,9 +76,7 @@ class GeneratedImage:
             text += f"Negative prompt: {s['negative_prompt']}\n"
         text += f"Steps: {s['steps']}, CFG scale: {s['guidance_scale']}, Seed: {s['seed']}, "
         text += f"Size: {s['width']}x{s['height']}, Model: {s['base']}"
-        if s.get("suppress"):
-            supp = s["suppress"]
-            text += f", Suppress: {', '.join(supp['words'])} (alpha {supp['alpha']}, ITO {supp['ito_iters']})"
+        text += "".join(f", {label}" for label in self.labels if label)
         info.add_text("parameters", text)
         info.add_text("personalize", json.dumps(s, sort_keys=True))
         return info
@@ -151,40 +180,47 @@ class Pipeline:
     def set_scheduler(self, name: str) -> None:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
 
+    def check_edits(self, prompts: list[str], edits: Sequence[Edit]) -> None:
+        """Raise the first edit's error for a prompt it cannot apply to (every prompt, before any image)."""
+        for e in edits:
+            e.check(self.sd, list(prompts))
+
     def check_suppress(self, prompts: list[str], suppress, suppress_mode: str = "swr",
                        suppress_options: dict | None = None) -> None:
         """Raise a clear error if a suppression setting is bad or a word is not in one of `prompts`."""
-        from personalize.methods.suppression.suppress_eot import pipeline_positions
-
-        supp = _suppression(suppress, suppress_mode, suppress_options)
-        for prompt in prompts:
-            pipeline_positions(self.sd, prompt, supp.words, self.sd.tokenizer.model_max_length)
+        self.check_edits(prompts, [_suppress_edit(suppress, suppress_mode, suppress_options)])
 
     def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
-                 suppress=None, suppress_mode: str = "swr", suppress_options: dict | None = None) -> dict:
-        """Everything that determines one image, as stored in its PNG text chunk."""
+                 edits: Sequence[Edit] = ()) -> dict:
+        """Everything that determines one image, as stored in its PNG text chunk; each edit adds its `describe()`."""
         out = {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
             "guidance_scale": guidance_scale, "height": height or self.native_size,
             "width": width or self.native_size, "base": self.base,
             "scheduler": type(self.sd.scheduler).__name__, "artifacts": [a.name for a in self.artifacts],
         }
-        if suppress:
-            out["suppress"] = _suppression(suppress, suppress_mode, suppress_options).describe()
+        for e in edits:
+            described = e.describe()
+            clash = sorted(set(described) & set(out))
+            if clash:
+                raise PersonalizeError(f"edit {type(e).__name__} describes {clash}, already in the settings")
+            out |= described
         return out
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
-                 suppress: str | list[str] | None = None, suppress_mode: str = "swr",
+                 edits: Sequence[Edit] = (), suppress: str | list[str] | None = None, suppress_mode: str = "swr",
                  suppress_options: dict | None = None, **kwargs) -> list[GeneratedImage]:
         """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
 
         `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
-        `suppress`: words or spans of the prompt to leave out (SuppressEOT, `methods/suppress_eot.py`), by soft-
-        weighted regularization of the text embedding (`suppress_mode="swr"`) plus inference-time optimization
-        (`"swr+ito"`); `suppress_options` sets the `Suppression` fields (alpha, retain_fraction, ito_iters, ...).
+        `edits`: generation edits (`Edit`), applied in order to the diffusers call.
+        `suppress`: shorthand for the SuppressEOT edit (Li et al., ICLR 2024; `methods/suppression/suppress_eot.py`),
+        applied after `edits`: words or spans of the prompt to leave out, by soft-weighted regularization of the
+        text embedding (`suppress_mode="swr"`) plus inference-time optimization (`"swr+ito"`); `suppress_options`
+        sets the `Suppression` fields (alpha, retain_fraction, ito_iters, ...).
         Extra keyword arguments go to the diffusers pipeline call unchanged."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) for p in prompts):
@@ -192,47 +228,60 @@ class Pipeline:
         negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
         if len(negatives) != len(prompts):
             raise PersonalizeError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
-        if isinstance(seed, (list, tuple)):
-            per_prompt, num_images = [int(s) for s in seed], len(seed)
-        else:
-            base_seed = secrets.randbelow(2**31) if seed is None else int(seed)
-            per_prompt = [base_seed + k for k in range(num_images)]
-        if num_images < 1:
-            raise PersonalizeError(f"num_images must be >= 1, got {num_images}")
+        per_prompt = _seeds(seed, num_images)
+        num_images = len(per_prompt)
         height, width = height or self.native_size, width or self.native_size
         seeds = per_prompt * len(prompts)
+        edits = list(edits) + ([_suppress_edit(suppress, suppress_mode, suppress_options)] if suppress else [])
+        self.check_edits(prompts, edits)
         # CPU generators, as diffusers recommends for reproducibility: a seed gives the same starting noise
         # on every device (A1111's "CPU" RNG source); diffusers moves the noise to the model's device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         neg = None if all(n is None for n in negatives) else [n or "" for n in negatives]
-        call, cleanup = {"prompt": prompts, "negative_prompt": neg, "num_images_per_prompt": num_images}, None
-        if suppress:
-            from personalize.methods.suppression.suppress_eot import suppressed_call
-
-            if "callback_on_step_end" in kwargs:
-                raise PersonalizeError("suppress uses callback_on_step_end itself; pass one or the other")
-            supp = _suppression(suppress, suppress_mode, suppress_options)
-            call, cleanup = suppressed_call(self.sd, prompts, neg, num_images, steps, guidance_scale, supp)
-        try:
-            out = self.sd(**call, generator=generators, num_inference_steps=steps, guidance_scale=guidance_scale,
-                          height=height, width=width, **kwargs)
-        finally:
-            if cleanup:
-                cleanup()
-        extra = {"suppress": suppress, "suppress_mode": suppress_mode, "suppress_options": suppress_options}
-        results = []
-        for j, image in enumerate(out.images):
-            p = j // num_images
-            settings = self.settings(prompts[p], seeds[j], negatives[p], steps, guidance_scale, height, width,
-                                     **extra)
-            results.append(GeneratedImage(image, settings))
-        return results
+        call = {"prompt": prompts, "negative_prompt": neg, "num_images_per_prompt": num_images,
+                "generator": generators, "num_inference_steps": steps, "guidance_scale": guidance_scale,
+                "height": height, "width": width}
+        taken = sorted(set(kwargs) & set(call))
+        if taken:
+            raise PersonalizeError(f"{taken} are set by generate's own arguments (prompt, num_images, seed, ...)")
+        settings = [self.settings(prompts[j // num_images], s, negatives[j // num_images], steps, guidance_scale,
+                                  height, width, edits) for j, s in enumerate(seeds)]  # (a clash fails early)
+        labels = tuple(e.label() for e in edits)
+        out = _edited_call(self.sd, call | kwargs, edits)
+        return [GeneratedImage(image, s, labels) for image, s in zip(out.images, settings, strict=True)]
 
 
-def _suppression(words, mode: str, options: dict | None):
-    from personalize.methods.suppression.suppress_eot import make_suppression
+def _seeds(seed: int | list[int] | None, num_images: int) -> list[int]:
+    """The seeds of one prompt's images: the listed ones, or seed, seed + 1, ... (drawn when None)."""
+    if isinstance(seed, (list, tuple)):
+        seeds, num_images = [int(s) for s in seed], len(seed)
+    else:
+        base_seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        seeds = [base_seed + k for k in range(num_images)]
+    if num_images < 1:
+        raise PersonalizeError(f"num_images must be >= 1, got {num_images}")
+    return seeds
 
-    return make_suppression(words, mode, options)
+
+def _edited_call(sd, call: dict, edits: list[Edit]):
+    """`sd(**call)` after each edit rewrote `call` in order; the cleanups of the edits applied so far run in
+    reverse order whatever happens (an edit's call_kwargs raising, or the call itself)."""
+    cleanups = []
+    try:
+        for e in edits:
+            call, cleanup = e.call_kwargs(sd, call)
+            cleanups.append(cleanup)
+        return sd(**call)
+    finally:
+        for cleanup in reversed(cleanups):
+            cleanup()
+
+
+def _suppress_edit(words, mode: str, options: dict | None) -> Edit:
+    """The SuppressEOT edit of `generate(suppress=..., suppress_mode=..., suppress_options=...)`."""
+    from personalize.methods.suppression.suppress_eot import SuppressEdit, make_suppression
+
+    return SuppressEdit(make_suppression(words, mode, options))
 
 
 def pipeline_from_components(comps: Components, device=None, dtype=None, scheduler: str | None = None) -> Pipeline:

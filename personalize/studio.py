@@ -6,6 +6,7 @@ it is tested without a browser and usable from a notebook:
     studio = Studio(load_pipeline("toyworld"), "embeddings/", "outputs/app")
     [e.label for e in studio.entries()]          # every .safetensors file, usable or not (with the reason)
     images = studio.generate("a photo of sks", artifacts=["embeddings/sks.safetensors"], seed=-1)
+    images = studio.generate("a man wearing glasses", edits=studio.edits("glasses", "swr"))  # SuppressEOT
     studio.save(images)                          # PNGs with their settings in the text chunk
 
 Artifacts are swapped on the live pipeline (`Pipeline.set_artifacts`): only the difference is applied or undone,
@@ -103,25 +104,31 @@ class Studio:
             paths.append(str(path))
         return paths
 
+    @staticmethod
+    def edits(suppress: str = "", suppress_mode: str = "off") -> list:
+        """The generation edits (`personalize.pipeline.Edit`) the app's controls ask for: SuppressEOT for
+        `suppress`, a comma-separated list of words or spans, when `suppress_mode` (off, swr or swr+ito) is not off."""
+        words = [w.strip() for w in (suppress or "").split(",") if w.strip()]
+        if not words or suppress_mode == "off":
+            return []
+        from personalize.methods.suppression.suppress_eot import SuppressEdit, make_suppression
+
+        return [SuppressEdit(make_suppression(words, suppress_mode))]
+
     def generate(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
                  steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,
-                 num_images: int = 1, suppress: str = "", suppress_mode: str = "off") -> list:
-        """Generate with exactly `artifacts` applied (paths in the artifacts folder). seed -1 draws one (reported in
-        each image's settings); `suppress` is a comma-separated list of words or spans, `suppress_mode` off, swr
-        or swr+ito."""
+                 num_images: int = 1, edits: list = ()) -> list:
+        """Generate with exactly `artifacts` applied (paths in the artifacts folder) and `edits` (`Studio.edits`).
+        seed -1 draws one (reported in each image's settings)."""
         if not prompt or not prompt.strip():
             raise PersonalizeError("the prompt is empty: describe the image to generate")
         if not 1 <= int(num_images) <= 16:
             raise PersonalizeError(f"number of images must be 1..16, got {num_images}")
         self.pipe.set_artifacts(self._artifact_paths(list(artifacts)))
-        words = [w.strip() for w in (suppress or "").split(",") if w.strip()]
-        extra = {}
-        if words and suppress_mode != "off":
-            extra = {"suppress": words, "suppress_mode": suppress_mode}
         return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images),
                                   seed=None if int(seed) < 0 else int(seed), steps=int(steps),
                                   guidance_scale=float(guidance_scale), width=width and int(width),
-                                  height=height and int(height), **extra)
+                                  height=height and int(height), edits=list(edits))
 
     def save(self, images: list) -> list[Path]:
         """Write each GeneratedImage as a PNG (settings in its text chunk) under the outputs folder, atomically."""

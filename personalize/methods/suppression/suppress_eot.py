@@ -5,13 +5,16 @@ Soft-weighted regularization (SWR, paper Sec. 3.2, Eq. 2): the columns of the ne
 columns are written back at the same positions. Nothing else changes: not the SOT or the other words, never the
 unconditional embedding. Inference-time optimization (ITO, Sec. 3.3) then nudges the whole embedding for a few
 early steps against cross-attention losses (`personalize.methods.suppression.suppress_ito`). Nothing is trained; the method
-has no artifact, only settings (`Suppression`), used by `Pipeline.generate(suppress=...)`.
+has no artifact, only settings (`Suppression`), applied as a generation edit (`SuppressEdit`, the
+`personalize.pipeline.Edit` protocol): `Pipeline.generate(edits=[edit({"words": ["glasses"]})])`, or the shorthand
+`Pipeline.generate(suppress="glasses")`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -228,17 +231,25 @@ class StepHook:
         return kwargs
 
 
-def suppressed_call(sd, prompts: list[str], negatives, num_images: int, steps: int, guidance_scale: float,
-                    supp: Suppression):
-    """Keyword arguments for `sd(...)` that generate `prompts` with `supp` applied, and a cleanup callable.
+def suppressed_call(sd, call: dict, supp: Suppression) -> tuple[dict, Callable[[], None]]:
+    """`call` (keyword arguments of `sd(...)` with `prompt`, as `Pipeline.generate` builds them) -> the arguments that
+    generate those prompts with `supp` applied, and a cleanup callable (removes the ITO attention recorder).
 
     The prompts are encoded by the pipeline's own `encode_prompt` (textual-inversion triggers expanded, LoRA text
     layers active); SWR edits the conditional rows only, never the unconditional/negative ones."""
     from personalize.methods.suppression.suppress_ito import TokenSets
 
+    if "callback_on_step_end" in call:
+        raise SuppressError("suppress uses callback_on_step_end itself; pass one or the other")
+    if call.get("prompt") is None or any(call.get(k) is not None for k in ("prompt_embeds", "negative_prompt_embeds")):
+        raise SuppressError("suppress needs the prompt as text: apply it before an edit that passes prompt embeddings")
+    prompts = [call["prompt"]] if isinstance(call["prompt"], str) else list(call["prompt"])
+    num_images, steps = call.get("num_images_per_prompt") or 1, call.get("num_inference_steps", 50)
+    guidance_scale = call.get("guidance_scale", 7.5)  # (the diffusers defaults)
     device = sd._execution_device if hasattr(sd.unet, "_hf_hook") else sd.unet.device  # (offloaded or not)
     cfg = guidance_scale > 1 and sd.unet.config.time_cond_proj_dim is None
-    cond, uncond = sd.encode_prompt(prompts, device, num_images, cfg, negative_prompt=negatives)  # (P*N, L, D)
+    cond, uncond = sd.encode_prompt(prompts, device, num_images, cfg,
+                                    negative_prompt=call.get("negative_prompt"))  # (P*N, L, D)
     swr_rows, sets = [], []
     for p, text in enumerate(prompts):
         neg, positions, n = pipeline_positions(sd, text, supp.words, cond.shape[1])
@@ -251,9 +262,48 @@ def suppressed_call(sd, prompts: list[str], negatives, num_images: int, steps: i
 
         factor = sd.unet.config.sample_size // supp.resolution if supp.resolution else None
         recorder = AttentionRecorder(sd.unet, factor)
-    call = {
+    out = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt")} | {
         "prompt_embeds": swr_embeds if supp.schedule(steps)[0] == 0 else cond, "negative_prompt_embeds": uncond,
         "num_images_per_prompt": 1, "callback_on_step_end": StepHook(cond, swr_embeds, sets, supp, recorder),
         "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"],
     }
-    return call, (recorder.remove if recorder else (lambda: None))
+    return out, (recorder.remove if recorder else (lambda: None))
+
+
+# ------------------------------------------------------------------------------------------ the edit
+
+
+class SuppressEdit:
+    """SuppressEOT as a generation edit (`personalize.pipeline.Edit`): every prompt must hold the words; the call
+    gets the SWR embeddings and the step hook (`suppressed_call`); the settings are `{"suppress": ...}`."""
+
+    def __init__(self, supp: Suppression):
+        if not supp.words:
+            raise SuppressError("suppress needs at least one non-empty word or span of the prompt")
+        self.supp = supp
+
+    def check(self, sd, prompts: list[str]) -> None:
+        for prompt in prompts:
+            pipeline_positions(sd, prompt, self.supp.words, sd.tokenizer.model_max_length)
+
+    def call_kwargs(self, sd, call: dict):
+        return suppressed_call(sd, call, self.supp)
+
+    def describe(self) -> dict:
+        return {"suppress": self.supp.describe()}
+
+    def label(self) -> str:
+        return f"Suppress: {', '.join(self.supp.words)} (alpha {self.supp.alpha}, ITO {self.supp.ito_iters})"
+
+    def __repr__(self) -> str:
+        return f"SuppressEdit({self.supp!r})"
+
+
+def edit(options: dict | Suppression) -> SuppressEdit:
+    """The registry's edit builder: a `Suppression`, or a dict of `make_suppression`'s fields: `words` (required),
+    `suppress_mode` ("swr" or "swr+ito", default "swr") and any other `Suppression` field (alpha, ito_iters, ...)."""
+    if isinstance(options, Suppression):
+        return SuppressEdit(options)
+    opts = dict(options)
+    words, mode = opts.pop("words", ()), opts.pop("suppress_mode", "swr")
+    return SuppressEdit(make_suppression(words, mode, opts))
