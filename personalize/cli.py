@@ -58,9 +58,9 @@ def _edits(args) -> list:
     options = _suppress_options(args)
     if not args.suppress:
         return []
-    from personalize.methods.suppression.suppress_eot import SuppressEdit, make_suppression
+    from personalize.methods import make_edit
 
-    return [SuppressEdit(make_suppression(args.suppress, args.suppress_mode, options or None))]
+    return [make_edit("suppress_eot", {"words": args.suppress, "suppress_mode": args.suppress_mode, **options})]
 
 
 def _add_convert(sub) -> None:

@@ -139,8 +139,8 @@ def resize_crop(image, size: int, center_crop: bool, rng: random.Random):
 
 
 def rescale_augment(pixels: torch.Tensor, rng: random.Random, factor: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Custom Diffusion's random rescale (train_custom_diffusion.py, `CustomDiffusionDataset`; spec
-    classdiffusion.md sec. 3.1): with p=0.66 shrink to [size/3, size] on a blank canvas, else zoom to
+    """Custom Diffusion's random rescale (train_custom_diffusion.py, `CustomDiffusionDataset`):
+    with p=0.66 shrink to [size/3, size] on a blank canvas, else zoom to
     [1.2, 1.4] x size and crop. Returns the image, the latent-resolution mask of valid cells, and a prompt prefix."""
     size = pixels.shape[-1]
     latent = size // factor

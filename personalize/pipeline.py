@@ -9,8 +9,8 @@ added and removed on a live pipeline without reloading the base.
 
 Everything that changes one generation call at inference time is an `Edit` (content suppression is the first):
 
-    from personalize.methods.suppression.suppress_eot import edit
-    images = pipe.generate("a man wearing glasses", seed=0, edits=[edit({"words": ["glasses"]})])
+    from personalize.methods import make_edit
+    images = pipe.generate("a man wearing glasses", seed=0, edits=[make_edit("suppress_eot", {"words": ["glasses"]})])
 
 This module knows no method: it checks each edit against the prompts, lets each rewrite the keyword arguments of
 the stock diffusers call in turn, and stores what each describes in the image settings.
@@ -279,9 +279,9 @@ def _edited_call(sd, call: dict, edits: list[Edit]):
 
 def _suppress_edit(words, mode: str, options: dict | None) -> Edit:
     """The SuppressEOT edit of `generate(suppress=..., suppress_mode=..., suppress_options=...)`."""
-    from personalize.methods.suppression.suppress_eot import SuppressEdit, make_suppression
+    from personalize.methods import make_edit
 
-    return SuppressEdit(make_suppression(words, mode, options))
+    return make_edit("suppress_eot", {"words": words, "suppress_mode": mode, **(options or {})})
 
 
 def pipeline_from_components(comps: Components, device=None, dtype=None, scheduler: str | None = None) -> Pipeline:

@@ -111,9 +111,9 @@ class Studio:
         words = [w.strip() for w in (suppress or "").split(",") if w.strip()]
         if not words or suppress_mode == "off":
             return []
-        from personalize.methods.suppression.suppress_eot import SuppressEdit, make_suppression
+        from personalize.methods import make_edit
 
-        return [SuppressEdit(make_suppression(words, suppress_mode))]
+        return [make_edit("suppress_eot", {"words": words, "suppress_mode": suppress_mode})]
 
     def generate(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
                  steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,

@@ -1,4 +1,4 @@
-"""ClassDiffusion's SPL (spec classdiffusion.md sec. 8): pooling, zero/range, gradient isolation, the cached class
+"""ClassDiffusion's SPL (official utils/semantic_preservation_loss.py): pooling, zero/range, gradient isolation, the cached class
 branch, weight 0, exclusivity with prior preservation, and training on every base."""
 
 import pytest

@@ -97,6 +97,22 @@ def test_method_trains_moves_only_its_parameters_and_applies_exactly(tmp_path, t
     assert np.array_equal(pixels(pipe.generate(prompt, seed=0, steps=3)[0]), plain)
 
 
+@pytest.mark.parametrize("name", sorted(INFERENCE))
+def test_inference_method_edits_generation_and_leaves_the_model_as_it_was(pipe_sd1, name):
+    record = REGISTRY[name]
+    assert record.kind == "inference" and record.apply is None and record.edit is not None
+    sd = pipe_sd1.sd
+    te0, unet0, ntok = state(sd.text_encoder), state(sd.unet), len(sd.tokenizer)
+    prompt = "a photo of a dog wearing glasses"
+    plain = pipe_sd1.generate(prompt, seed=0, steps=4)[0]
+    edited = pipe_sd1.generate(prompt, seed=0, steps=4, edits=[record.edit({"words": ["glasses"]})])[0]
+    assert np.abs(pixels(edited) - pixels(plain)).mean() > 0.05
+    assert set(edited.settings) - set(plain.settings)  # the edit describes itself in the image's settings
+    assert same_state(state(sd.text_encoder), te0) and same_state(state(sd.unet), unet0)
+    assert len(sd.tokenizer) == ntok
+    assert np.array_equal(pixels(pipe_sd1.generate(prompt, seed=0, steps=4)[0]), pixels(plain))
+
+
 # ------------------------------------------------------------------------------ a method written for this test
 
 

@@ -1,4 +1,4 @@
-"""SuDe's loss (spec sude.md sec. 10): closed forms, the gate, the F_t table, routing, batches, weight 0."""
+"""SuDe's loss (official ddpm.py `prob_loss_func_class`): closed forms, the gate, the F_t table, routing, batches, weight 0."""
 
 import contextlib
 from types import SimpleNamespace
@@ -47,7 +47,7 @@ def test_zero_when_subject_is_the_category_or_the_category_has_no_effect():
 
 
 def test_f_t_table_of_the_spec():
-    """The spec's hand-computed values: F_1 1.00, F_500 0.96, F_999 7.37, F_0 ~851."""
+    """Values computed by hand from the DDPM schedule: F_1 1.00, F_500 0.96, F_999 7.37, F_0 ~851."""
     ac = sd_alphas_cumprod()
     for t, expected in [(1, 1.00), (500, 0.96), (999, 7.37), (0, 851)]:
         assert f_t(ac, t) == pytest.approx(expected, rel=0.01), t
@@ -55,7 +55,7 @@ def test_f_t_table_of_the_spec():
 
 @pytest.mark.parametrize("t", [1, 10, 250, 999])
 def test_mean_space_equals_eps_space_form(t):
-    """Without the clamp, the official mean-space loss is F_t times the eps-space bracket (spec sec. 2.3)."""
+    """Without the clamp, the official mean-space loss is F_t times the eps-space bracket (expand the squares)."""
     ac, x_t = sd_alphas_cumprod(), rand(2, 4, 8, 8)
     eps_s, eps_c, eps_u = rand(2, 4, 8, 8, seed=1), rand(2, 4, 8, 8, seed=2), rand(2, 4, 8, 8, seed=3)
     loss, _ = sude_terms(eps_s, eps_c, eps_u, x_t, torch.tensor([t, t]), ac, truncate="none")
@@ -81,7 +81,7 @@ def test_gradient_is_along_the_guidance_direction():
 
 
 def test_gate_is_the_projection_rule():
-    """g = 1[<eps_s - eps_c, eps_c - eps_u> < 0] (spec sec. 2.3), on random tensors."""
+    """g = 1[<eps_s - eps_c, eps_c - eps_u> < 0] (the sign of the linear term), on random tensors."""
     ac, x_t = sd_alphas_cumprod(), rand(64, 4, 4, 4)
     eps_c, eps_u = rand(64, 4, 4, 4, seed=2), rand(64, 4, 4, 4, seed=3)
     eps_s = eps_c + rand(64, 4, 4, 4, seed=1)  # around the category: ahead or behind it at random

@@ -1,4 +1,4 @@
-"""SuppressEOT: SWR maths, token positions, ITO losses and confinement, attention capture (spec sec. 8 checks)."""
+"""SuppressEOT: SWR maths, token positions, ITO losses and confinement, attention capture (weight-free checks)."""
 
 import math
 

@@ -22,6 +22,7 @@ from personalize.methods.personalization import (
 )
 from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.personalization.bases import BASES
+from personalize.methods.suppression import suppress_eot
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ REGISTRY: dict[str, MethodRecord] = {
     "lora": _trained(lora, "personalization"),
     "classdiffusion": _trained(classdiffusion, "regularizer"),  # on a personalization base (`method.base`)
     "sude": _trained(sude, "regularizer"),
+    # content suppression trains nothing and has no artifact: a generation edit (`Pipeline.generate(edits=...)`)
+    "suppress_eot": MethodRecord("suppress_eot", suppress_eot.Suppression, None, None, "inference",
+                                 edit=suppress_eot.edit),
 }
 
-__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "parse_options",
-           "record_for_artifact", "training_record"]
+__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "make_edit",
+           "parse_options", "record_for_artifact", "training_record"]
 
 
 def training_record(name: str | None, registry: dict = REGISTRY) -> MethodRecord:
@@ -60,6 +64,15 @@ def record_for_artifact(art, registry: dict = REGISTRY) -> MethodRecord:
         known = ", ".join(n for n, r in registry.items() if r.apply is not None)
         raise ArtifactError(f"{art.path}: unknown method {art.method!r} in metadata; known methods: {known}")
     return record
+
+
+def make_edit(name: str, options, registry: dict = REGISTRY):
+    """The generation edit of an inference method (`Pipeline.generate(edits=[...])`), from its options."""
+    record = registry.get(name)
+    if record is None or record.edit is None:
+        known = ", ".join(n for n, r in registry.items() if r.edit is not None)
+        raise MethodError(f"{name!r} is not a generation edit; known edits: {known}")
+    return record.edit(options)
 
 
 def build_method(config, registry: dict = REGISTRY) -> TrainingMethod:
