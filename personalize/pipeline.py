@@ -10,7 +10,8 @@ added and removed on a live pipeline without reloading the base.
 Everything that changes one generation call at inference time is an `Edit` (content suppression is the first):
 
     from personalize.methods import make_edit
-    images = pipe.generate("a man wearing glasses", seed=0, edits=[make_edit("suppress_eot", {"words": ["glasses"]})])
+    no_glasses = make_edit("suppress_eot", {"words": ["glasses"]})
+    images = pipe.generate("a man wearing glasses", seed=0, edits=[no_glasses])
 
 This module knows no method: it checks each edit against the prompts, lets each rewrite the keyword arguments of
 the stock diffusers call in turn, and stores what each describes in the image settings.
