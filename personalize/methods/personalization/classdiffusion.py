@@ -2,7 +2,7 @@
 preservation loss (SPL) that keeps the new concept's text feature near its class.
 
     SPL = 1 - cos( f("a photo of a <tok> dog"), f("a photo of a dog") )         (official
-    `utils/semantic_preservation_loss.py`; the paper's Eq. 3)
+    `utils/semantic_preservation_loss.py`)
 
 f is the final-layer-normed last hidden state of the CLIP text encoder at one pooled position, no projection.
 The class phrase holds no trainable row, so its feature is computed once (every step only when the base
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from personalize.methods.personalization.bases import base_spec
 from personalize.methods.base import MethodError
+from personalize.methods.personalization.bases import base_spec
 from personalize.methods.personalization.tuner import StepContext, Tuner
 
 POOLINGS = ("eos", "official")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from personalize.methods.personalization.bases import base_spec
 from personalize.methods.base import MethodError
+from personalize.methods.personalization.bases import base_spec
 from personalize.methods.personalization.tuner import StepContext, Tuner
 
 TRUNCATIONS = ("reference", "none")
