@@ -22,9 +22,6 @@ from personalize.checkpoint import list_checkpoints, load_checkpoint, prune_chec
 from personalize.errors import PersonalizeError
 
 logger = logging.getLogger(__name__)
-MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 class TrainError(PersonalizeError):
     """A training option that cannot work on this machine or with this config."""
 
@@ -37,9 +34,12 @@ class TrainResult:
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
-    if mixed_precision not in MIXED_PRECISION:
-        raise TrainError(f"train.mixed_precision={mixed_precision!r}; expected one of {', '.join(MIXED_PRECISION)}")
-    return MIXED_PRECISION[mixed_precision]
+    """The frozen weights' dtype for `train.mixed_precision` (the methods' own table, `blocks.DTYPES`)."""
+    from personalize.methods.blocks import DTYPES
+
+    if mixed_precision not in DTYPES:
+        raise TrainError(f"train.mixed_precision={mixed_precision!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[mixed_precision]
 
 
 def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:

@@ -112,14 +112,14 @@ def parse_options(name: str, section: dict, registry: dict = REGISTRY):
                        "method section is deprecated)", sorted(flat), name, base_name)
         base_section |= {k: section[k] for k in flat}
     mine = {k: v for k, v in section.items() if k not in flat and k != "base"}
-    options = _parse(name, record.options, mine | {"base": base_name}, registry, also={"base"})
+    options = _parse(name, record.options, mine | {"base": base_name}, registry)
     options.base_options = _parse(base_name, registry[base_name].options, base_section | {"name": options.name},
                                   registry, label=f"{name} (base {base_name})", prefix="method.base.")
     return options
 
 
-def _parse(name: str, options_cls, section: dict, registry: dict, also: set | None = None,
-           label: str | None = None, prefix: str = "method."):
+def _parse(name: str, options_cls, section: dict, registry: dict, label: str | None = None,
+           prefix: str = "method."):
     fields = _fields(options_cls)
     hints = typing.get_type_hints(options_cls)
     values = {}
@@ -128,6 +128,6 @@ def _parse(name: str, options_cls, section: dict, registry: dict, also: set | No
             owners = [m for m, r in registry.items() if r.options and key in _fields(r.options)]
             where = f"it belongs to method {' / '.join(owners)}, not {name}" if owners else "no method has it"
             raise ConfigError(f"config key '{prefix}{key}' is not an option of method {label or name} ({where}); "
-                              f"options: {', '.join(sorted(fields | (also or set())))}")
+                              f"options: {', '.join(sorted(fields))}")
         values[key] = coerce(value, hints[key], f"{prefix}{key}")
     return options_cls(**values)

@@ -233,8 +233,8 @@ class Tuner:
                       for n, p in self.c.text_encoder.named_parameters() if p is not table}
         only_embeddings = embeddings and not delta and not lora
         name = next(iter(embeddings)) if only_embeddings and len(embeddings) == 1 else self.spec.name
-        kind = "delta" if delta else "lora" if lora else "none"
-        return ArtifactContent(name, embeddings, check_delta_keys(delta) or lora, kind, dict(self.spec.metadata))
+        kind, weights = ("delta", check_delta_keys(delta)) if delta else ("lora", lora) if lora else ("none", {})
+        return ArtifactContent(name, embeddings, weights, kind, dict(self.spec.metadata))
 
     def format_prompt(self, prompt: str) -> str:
         """`{}` -> the trigger (the stock pipeline expands multi-vector triggers itself)."""
