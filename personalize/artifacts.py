@@ -1,4 +1,4 @@
-"""Artifact files (DESIGN sec. 4): safetensors only, one file per trained concept, atomic writes.
+"""Artifact files: safetensors only, one file per trained concept, atomic writes.
 
 Our files carry string metadata: `method`, `format_version`, `base_model`, `tokens` (JSON list of triggers),
 `config` (JSON), `weights` (the kind of the non-token tensors, "none" when there are none), plus method-specific

@@ -1,4 +1,4 @@
-"""Atomic writes (DESIGN sec. 4): a temp file beside the target, renamed onto it only when the write succeeded,
+"""Atomic writes: a temp file beside the target, renamed onto it only when the write succeeded,
 so a crash never leaves a half-written file under the final name."""
 
 from __future__ import annotations

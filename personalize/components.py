@@ -1,10 +1,10 @@
 """Load the Stable Diffusion parts (tokenizer, text encoder, VAE, UNet, scheduler) from anywhere users keep them.
 
-`model.pretrained` (DESIGN sec. 3) may be
+`model.pretrained` may be
   (a) a diffusers folder (has `model_index.json`),
   (b) a hub id `org/name` (cache first; the network only when `local_files_only` is False),
   (c) a single-file `.safetensors` checkpoint (diffusers' `from_single_file`),
-  (d) `toyworld`, the bundled tiny model in `assets/toyworld/` (DESIGN sec. 6).
+  (d) `toyworld`, the bundled tiny model in `assets/toyworld/`.
 Everything is loaded by diffusers/transformers exactly as they load it themselves; we only choose the route
 and turn their errors into ones that say what was given and what was expected.
 """

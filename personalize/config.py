@@ -2,7 +2,7 @@
 
     cfg = load_config(["configs/sude.yaml"], ["--train.learning_rate=1e-6", "--train.max_train_steps=400"])
 
-Names follow diffusers' example scripts where one exists (DESIGN sec. 3). An unknown key anywhere,
+Names follow diffusers' example scripts where one exists. An unknown key anywhere,
 in a YAML file or on the command line, raises ``ConfigError`` naming the key and the known ones.
 The ``method`` section is free-form here: each method checks its own keys (methods registry).
 """
@@ -247,5 +247,5 @@ def dump_config(cfg: Config, path: str | Path | None = None) -> str:
 
 
 def config_json(cfg: Config) -> str:
-    """Compact JSON for artifact metadata (DESIGN sec. 4)."""
+    """Compact JSON for artifact metadata."""
     return json.dumps(to_dict(cfg), sort_keys=True)

@@ -1,4 +1,4 @@
-"""`personalize convert`: the one place a pickle is read, with `torch.load(weights_only=True)` (DESIGN sec. 4).
+"""`personalize convert`: the one place a pickle is read, with `torch.load(weights_only=True)`.
 
 Turns third-party `.pt`/`.bin` embeddings into our `<trigger>.safetensors`:
   - AUTOMATIC1111 `.pt`: {"string_to_param": {"*": (n, width)}, "name": trigger, ...}

@@ -1,4 +1,4 @@
-"""Concept images for training: folders, captions, crops and flips, class-prior images (DESIGN sec. 5).
+"""Concept images for training: folders, captions, crops and flips, class-prior images.
 
 Images are png/jpg/jpeg/webp; EXIF orientation is applied and transparency is flattened onto white. A caption
 comes from a `.txt` file beside the image (kohya/A1111 convention) or else from the prompt or templates in

@@ -1,6 +1,6 @@
 """Process state for multi-process runs under `accelerate launch`, with the one CPU quirk handled.
 
-`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...` (DESIGN sec. 5) starts two
+`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...` starts two
 processes with RANK/WORLD_SIZE set, but a bare `PartialState()` ignores ACCELERATE_USE_CPU (only
 `AcceleratorState` reads it), so on a machine without GPUs each process would believe it is rank 0 of 1
 and both would write the same files. We pass the flag through, and refuse a mismatch.

@@ -1,4 +1,4 @@
-"""Tiny random Stable Diffusion components for tests and benchmarks (DESIGN sec. 7).
+"""Tiny random Stable Diffusion components for tests and benchmarks.
 
 Two shapes, as in the real models:
   sd1: CLIP width 768, pad token <|endoftext|>, epsilon prediction, conv proj-in UNet;

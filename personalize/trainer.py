@@ -1,4 +1,4 @@
-"""The one training loop for every method (DESIGN sec. 5), on accelerate.
+"""The one training loop for every method, on accelerate.
 
     result = personalize.trainer.train(load_config(["configs/lora.yaml"], ["--train.max_train_steps=400"]))
 

@@ -1,4 +1,4 @@
-"""Train the toy world's text-to-image model and write it to assets/toyworld (DESIGN sec. 6).
+"""Train the toy world's text-to-image model and write it to assets/toyworld.
 
     python training/toyworld.py --work outputs/toyworld-train --ship assets/toyworld
 

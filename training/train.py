@@ -1,6 +1,6 @@
 """Train any method: `accelerate launch training/train.py --config configs/<method>.yaml [--a.b=value ...]`.
 
-Several --config files merge left to right; dotted overrides win (DESIGN sec. 3). Thin on purpose: the loop
+Several --config files merge left to right; dotted overrides win. Thin on purpose: the loop
 is `personalize.trainer.train`.
 """
 

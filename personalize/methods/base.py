@@ -1,4 +1,4 @@
-"""The method protocol (DESIGN sec. 5), the registry's record type, and the error every method raises.
+"""The method protocol, the registry's record type, and the error every method raises.
 
 A training method is any object with these members; the loop (`personalize.trainer`) knows nothing else of it.
 

@@ -1,4 +1,4 @@
-"""Building blocks every training method may call: plain functions, not base-class methods (DESIGN sec. 5).
+"""Building blocks every training method may call: plain functions, not base-class methods.
 
   - `freeze`, `place`: the mixed-precision rule of diffusers' example scripts (frozen weights in the low dtype,
     trainable ones float32, as `cast_training_params`);

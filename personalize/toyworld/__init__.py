@@ -1,4 +1,4 @@
-"""The bundled toy world (DESIGN sec. 6): procedural scenes (`world`), the model's layout (`model`), the judges
+"""The bundled toy world: procedural scenes (`world`), the model's layout (`model`), the judges
 (`Judge`), the evaluation suites (`evaluate`) and `personalize quickstart` (`quickstart`)."""
 
 

@@ -1,4 +1,4 @@
-"""The toy world's text-to-image model: the exact diffusers Stable Diffusion layout, small (DESIGN sec. 6).
+"""The toy world's text-to-image model: the exact diffusers Stable Diffusion layout, small.
 
 32x32 RGB images, an AutoencoderKL with factor 4 and 8 latent channels (8x8x8 latents), a 4-layer
 `CLIPTextModel` of width 48 over the real CLIP tokenizer (49,408 ids, so prompts tokenize exactly as for

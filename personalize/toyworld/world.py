@@ -1,4 +1,4 @@
-"""The toy world (DESIGN sec. 6): procedural 32x32 scenes with captions from a small grammar, deterministic.
+"""The toy world: procedural 32x32 scenes with captions from a small grammar, deterministic.
 
 Three kinds of scene, each a `Scene` of known attributes, drawn at 4x and downsampled (anti-aliased edges):
   - object: one shape (4) x color (6) x size (2) on a background (4), with a texture named in the caption

@@ -1,6 +1,7 @@
 """Personalization tuning shared by the four bases: textual inversion, DreamBooth, Custom Diffusion, LoRA.
 
-A `Tuner` is configured by a `TunerSpec` (what trains) and implements the method protocol of DESIGN sec. 5.
+A `Tuner` is configured by a `TunerSpec` (what trains) and implements the method protocol of
+`personalize.methods.base`.
 The step is the standard denoising objective of latent diffusion (Rombach et al. 2022, eq. 2), with
 prior preservation (DreamBooth, Ruiz et al. 2023, eq. 2: instance and class samples in one batch), Custom
 Diffusion's masked loss, Min-SNR weighting (Hang et al. 2023) and offset noise as in diffusers' example scripts.
