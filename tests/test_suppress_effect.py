@@ -27,7 +27,7 @@ def world():
     from personalize.pipeline import load_pipeline
     from personalize.toyworld import Judge
 
-    return load_pipeline("toyworld", device="cpu"), Judge.load()
+    return load_pipeline("toyworld", device="cpu"), Judge.load("b")
 
 
 @pytest.fixture(scope="module")

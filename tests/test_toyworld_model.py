@@ -11,13 +11,14 @@ import torch
 
 from personalize.components import TOYWORLD_DIR
 from personalize.toyworld import world as w
-from personalize.toyworld.evaluate import evaluate, load_stock_pipeline
+from personalize.toyworld.evaluate import ACCEPTANCE, SUITES, evaluate, load_stock_pipeline
 from personalize.toyworld.judge import HEADS, Judge, scene_targets
 
 
 @pytest.fixture(scope="module")
 def judge():
-    return Judge.load()
+    """Judge B, the evaluator (Judge A is a training signal)."""
+    return Judge.load("b")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,18 @@ def test_everything_defaults_to_toyworld():
     assert pipe.native_size == 32
 
 
-def test_judge_is_right_on_held_out_procedural_images(judge):
-    """>= 98 % per head on scenes of a seed the judge never trained on (every combination, clean renders)."""
+def test_the_two_judges_are_different_networks():
+    a, b = Judge.load("a"), Judge.load("b")
+    assert (a.architecture, b.architecture) == ("judge_a", "judge_b")
+    kinds = lambda net: {type(m).__name__ for m in net.modules()}  # noqa: E731
+    assert "MaxPool2d" in kinds(a.net) and "GroupNorm" in kinds(a.net)
+    assert "BatchNorm2d" in kinds(b.net) and not {"MaxPool2d", "GroupNorm"} & kinds(b.net)
+
+
+@pytest.mark.parametrize("which", ["a", "b"])
+def test_judge_is_right_on_held_out_procedural_images(which):
+    """>= 98 % per head on scenes of a seed neither judge trained on (every combination, clean renders)."""
+    judge = Judge.load(which)
     rng = random.Random(2026)
     splits = ["train"] * 6 + ["heldout_objects", "heldout_faces"]
     scenes = [w.sample_scene(rng, rng.choice(splits)) for _ in range(1500)]
@@ -73,12 +84,12 @@ def test_judge_embeddings(judge):
     assert emb.shape == (3, 256) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
 
 
-@pytest.mark.parametrize("suite, threshold", [
-    ("objects_seen", 0.90), ("objects_heldout", 0.70), ("faces", 0.85), ("pairs", 0.70), ("texture", 0.80),
-])
-def test_the_model_draws_what_it_is_asked(stock_pipe, judge, suite, threshold):
+@pytest.mark.parametrize("suite", SUITES)
+def test_the_model_draws_what_it_is_asked(stock_pipe, judge, suite):
+    """Every suite at or above its acceptance (issue 4's five, toy world 1.1's phrasings, appearance in words),
+    on sampling seeds 100-103 (the README's figures use 0-3), scored by Judge B."""
     score = evaluate(stock_pipe, judge, [suite], per_prompt=4, seed=100)[suite]
-    assert score >= threshold, f"{suite}: {score:.3f} < {threshold}"
+    assert score >= ACCEPTANCE[suite], f"{suite}: {score:.3f} < {ACCEPTANCE[suite]}"
 
 
 def test_quickstart_writes_grids_and_a_report(tmp_path):
@@ -86,7 +97,7 @@ def test_quickstart_writes_grids_and_a_report(tmp_path):
 
     report = quickstart.run(tmp_path / "qs", seeds=1, train_overrides={"max_train_steps": 20})
     text = report.read_text()
-    assert "| outline (never named) |" in text and "dreambooth" in text
+    assert "| outline (not in the prompt) |" in text and "dreambooth" in text
     from PIL import Image
 
     assert Image.open(tmp_path / "qs" / "samples.png").size == (32, 32 * len(quickstart.SAMPLE_PROMPTS))

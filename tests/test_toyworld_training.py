@@ -32,3 +32,30 @@ def test_toyworld_training_script_runs_resumes_and_ships(tmp_path):
 
     preds = Judge.load(judge_out).predict([pipe("a red circle", num_inference_steps=2).images[0]])
     assert preds[0]["kind"] in ("object", "pair", "face")
+    judge_b = subprocess.run([sys.executable, str(ROOT / "training" / "toyworld_judge.py"), "--arch", "judge_b",
+                              "--vae", str(ship / "vae"), "--out", str(tmp_path / "judge_b"), "--n-train", "256",
+                              "--n-test", "64", "--epochs", "1", "--threads", "1"],
+                             capture_output=True, text=True, timeout=600)
+    assert judge_b.returncode == 0, judge_b.stderr[-2000:]
+    assert Judge.load(tmp_path / "judge_b").architecture == "judge_b"
+
+
+def test_finetune_stage_keeps_the_vae_and_continues_the_shipped_model(tmp_path):
+    """toy world 1.1's stage: `--finetune-from` a shipped folder keeps its VAE and latent scaling, starts the
+    UNet and text encoder from it (0 steps: the shipped weights come back exactly)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from personalize.components import TOYWORLD_DIR
+
+    ship = tmp_path / "ship"
+    run = subprocess.run([sys.executable, str(ROOT / "training" / "toyworld.py"), "--finetune-from", str(TOYWORLD_DIR),
+                          "--work", str(tmp_path / "work"), "--ship", str(ship), "--n-images", "64",
+                          "--unet-steps", "0", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "fine-tuning from" in run.stdout
+    new, old = (StableDiffusionPipeline.from_pretrained(str(p), local_files_only=True) for p in (ship, TOYWORLD_DIR))
+    assert new.vae.config.scaling_factor == old.vae.config.scaling_factor
+    for a, b in ((new.unet, old.unet), (new.text_encoder, old.text_encoder), (new.vae, old.vae)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

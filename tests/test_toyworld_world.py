@@ -37,24 +37,60 @@ def test_training_split_never_shows_held_out_combinations():
     assert {(s.objects[0].shape, s.objects[0].color) for s in held} == w.HELD_OUT_OBJECTS
 
 
-def test_captions_name_what_is_drawn_and_never_the_outline():
+def _names_texture(text: str, texture: str) -> bool:
+    words = {"stripes": ("with stripes", "striped"), "dots": ("with dots", "spotted", "dotted")}
+    return any(x in text for x in words.get(texture, ()))
+
+
+def test_captions_name_what_is_drawn_and_nothing_else():
     rng = random.Random(1)
-    for _ in range(500):
+    named_outline = drawn_outline = described = faces = 0
+    for _ in range(3000):
         scene = w.sample_scene(rng)
         text = w.caption(scene, rng)
-        assert "outline" not in text
+        assert not any(text.startswith(p) for p in w.HELD_OUT_PREFIXES), text
         if scene.kind == "object":
             o = scene.objects[0]
-            assert f"{o.color} {o.shape}" in text
-            assert ("with stripes" in text) == (o.texture == "stripes")
-            assert ("with dots" in text) == (o.texture == "dots")
+            assert f"{o.color} {o.shape}" in text or f"{o.shape}, {o.color}" in text, text
+            for texture in ("stripes", "dots"):
+                assert _names_texture(text, texture) == (o.texture == texture), text
+            assert "outline" not in text or o.outline, text  # named only when drawn
+            drawn_outline += o.outline
+            named_outline += "outline" in text
+            size_words = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
+            other = "large" if o.size == "small" else "small"
+            assert not any(f" {x} " in f" {text} " for x in size_words[other]), text
         elif scene.kind == "pair":
             assert all(f"{o.color} {o.shape}" in text for o in scene.objects) and " and " in text
         else:
+            faces += 1
             assert f"a {scene.expression} person" in text
             assert ("hat" in text) == (scene.accessory == "hat")
+            parts = w.identity_parts(scene.identity)
+            if " with " in text:
+                described += 1
+                said = text.split(" with ", 1)[1]
+                for value in parts.values():
+                    others = [x for x in (*w.FACE_SHAPES, *w.SKINS, *w.HAIR_COLORS, *w.HAIR_STYLES) if x != value]
+                    assert all(f" {x} " not in f" {said} " for x in others if x not in parts.values()), text
+    assert 0.35 < named_outline / drawn_outline < 0.65  # a share of outlines is named, the rest is not
+    assert 0.45 < described / faces < 0.75
     full = w.caption(w.Scene("object", "pink", [w.Obj("circle", "orange", "small", "dots")]))
-    assert full == "a small orange circle with dots on a pink background"
+    assert full == "a small orange circle with dots on a pink background"  # the canonical caption, unchanged
+
+
+def test_captions_use_the_phrasings_of_sd_users():
+    rng = random.Random(2)
+    texts = [w.caption(w.sample_scene(rng), rng) for _ in range(3000)]
+    for prefix in ("a photo of a", "a picture of a", "an image of a", "a rendering of a", "a close-up photo of a",
+                   "a good photo of a", "a drawing of a", "a portrait of a"):
+        assert any(t.startswith(prefix + " ") or t.startswith(prefix + "n ") for t in texts), prefix
+    for word in ("big", "tiny", "little", "striped", "spotted", "dotted", "grey", "outlined", "with an outline"):
+        assert any(f" {word} " in f" {t} " for t in texts), word
+    assert any(t.startswith("a circle, ") for t in texts)  # a word-order variant
+    assert any("person with short" in t and " face" in t for t in texts)
+    held = w.caption(w.sample_scene(rng, "heldout_objects"), rng, prefixes=w.HELD_OUT_PREFIXES)
+    assert held.startswith(tuple(w.HELD_OUT_PREFIXES)) or not held.startswith(tuple(w.PREFIXES))
 
 
 def test_attributes_change_the_pixels():

@@ -8,6 +8,11 @@ Stages, each resumable (re-running skips finished stages and continues the UNet 
   3. train the UNet and the text encoder together (epsilon loss, 10 % empty captions for classifier-free
      guidance, EMA of the weights), checkpointing every `--save-every` steps;
   4. write the diffusers folder with the EMA weights, the real CLIP tokenizer and a DDIM scheduler.
+With `--finetune-from assets/toyworld` stage 2 is skipped (that model's VAE and latent scaling are kept) and
+stage 3 continues from its UNet and text encoder (EMA restarted from them) on freshly rendered captions:
+
+    python training/toyworld.py --finetune-from assets/toyworld --work outputs/toyworld-finetune \
+        --seed 1 --unet-steps 6000 --lr 3e-4 --warmup 200
 The judges are trained by training/toyworld_judge.py.
 """
 
@@ -79,8 +84,9 @@ def vae_stage(work: Path, images: np.ndarray, steps: int, seed: int):
     return vae.eval()
 
 
-def encode_stage(work: Path, vae, images: np.ndarray) -> torch.Tensor:
-    """Posterior means of every image (N, 8, 8, 8), and the scaling factor 1/std (as SD's 0.18215)."""
+def encode_stage(work: Path, vae, images: np.ndarray, keep_scaling: bool = False) -> torch.Tensor:
+    """Posterior means of every image (N, 8, 8, 8), and the scaling factor 1/std (as SD's 0.18215); a
+    fine-tune keeps the scaling its UNet was trained with (`keep_scaling`)."""
     path = work / "latents.npy"
     if not path.exists():
         log("encoding latents")
@@ -88,7 +94,8 @@ def encode_stage(work: Path, vae, images: np.ndarray) -> torch.Tensor:
             means = [vae.encode(to_pixels(images[i:i + 512])).latent_dist.mean for i in range(0, len(images), 512)]
         np.save(path, torch.cat(means).numpy())
     latents = torch.from_numpy(np.load(path))
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    if not keep_scaling:
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return latents * vae.config.scaling_factor
 
 
@@ -105,8 +112,9 @@ def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
             ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args) -> tuple:
-    """UNet + text encoder, jointly, from scratch; returns the EMA copies. Checkpoints are safetensors."""
+def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args, init: dict | None = None) -> tuple:
+    """UNet + text encoder, jointly, from scratch or from `init` ({"unet": state, "te": state}, a fine-tune);
+    returns the EMA copies. Checkpoints are safetensors."""
     from safetensors.torch import load_file
 
     from personalize.toyworld.model import make_text_encoder, make_train_scheduler, make_unet
@@ -114,6 +122,8 @@ def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args) -> tu
     torch.manual_seed(args.seed)
     unet, te, sched = make_unet(), make_text_encoder(), make_train_scheduler()
     models = {"unet": unet, "te": te}
+    for k, state in (init or {}).items():
+        models[k].load_state_dict(state)
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     ema = {k: {n: p.detach().clone() for n, p in m.named_parameters()} for k, m in models.items()}
@@ -142,7 +152,7 @@ def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args) -> tu
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         pred = unet(sched.add_noise(x0, noise, t), t, te(cond_ids)[0]).sample
         loss = (pred - noise).pow(2).mean()
-        lr = args.lr * min(1.0, (step + 1) / 500) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.unet_steps)))
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.unet_steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
@@ -207,6 +217,18 @@ def ship_stage(ship: Path, vae, ema: dict) -> None:
     log(f"wrote {ship}")
 
 
+def load_shipped(folder: Path) -> tuple:
+    """A shipped diffusers folder -> (its VAE, {"unet": state, "te": state}) to fine-tune from."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True).eval()
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", local_files_only=True)
+    te = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", local_files_only=True)
+    log(f"fine-tuning from {folder} (latent scaling {vae.config.scaling_factor:.4f} kept)")
+    return vae, {"unet": unet.state_dict(), "te": te.state_dict()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="outputs/toyworld-train")
@@ -219,6 +241,9 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--finetune-from", default=None,
+                        help="a shipped toy model folder: keep its VAE, continue its UNet and text encoder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ship-only", action="store_true",
                         help="write the diffusers folder from the last UNet checkpoint's EMA weights, no training")
@@ -227,12 +252,16 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     images, captions = render_stage(work, args.n_images, args.seed)
-    vae = vae_stage(work, images, args.vae_steps, args.seed)
-    latents = encode_stage(work, vae, images)
+    init = None
+    if args.finetune_from:
+        vae, init = load_shipped(Path(args.finetune_from))
+    else:
+        vae = vae_stage(work, images, args.vae_steps, args.seed)
+    latents = encode_stage(work, vae, images, keep_scaling=init is not None)
     ids = tokenize(captions)
     if args.ship_only:
         args.unet_steps = 0  # load the checkpoint, take no step
-    ema = unet_stage(work, latents, ids, args)
+    ema = unet_stage(work, latents, ids, args, init)
     ship_stage(Path(args.ship), vae, ema)
 
 

@@ -1,10 +1,16 @@
-"""Train the toy world's judges (personalize.toyworld.judge) and write them to assets/toyworld_judge.
+"""Train the toy world's judges (personalize.toyworld.judge) and write them to assets/toyworld_judge{,_b}.
 
     python training/toyworld_judge.py --vae outputs/toyworld-train/vae.safetensors --out assets/toyworld_judge
+    python training/toyworld_judge.py --arch judge_b --vae assets/toyworld/vae --seed 4321 --epochs 10
 
-Data: procedural scenes of every combination (held-out ones included: the judge must read them), half of each
-batch passed through the toy VAE (encode, decode) plus a little noise, so the judge reads generated-looking
-images as well as clean ones. Held-out accuracy per head is measured on scenes from another seed.
+Data: procedural scenes of every combination (held-out ones included: the judge must read them), passed in
+part through the toy VAE so the judge reads generated-looking images as well as clean ones. The two judges see
+differently augmented renders:
+  - judge_a (CNN): every other image through the VAE (posterior mean), Gaussian noise 0.03;
+  - judge_b (residual network): every third image through the VAE with a *sampled* latent, every third
+    blurred (3x3 binomial), then per batch a 1-pixel random shift, brightness/contrast x[0.96, 1.04] and
+    Gaussian noise of a random level in [0, 0.06].
+Held-out accuracy per head is measured on clean and VAE-decoded scenes from another seed.
 """
 
 from __future__ import annotations
@@ -29,22 +35,44 @@ def scenes(n: int, seed: int) -> list:
     return [w.sample_scene(rng, rng.choice(splits)) for _ in range(n)]
 
 
-def dataset(n: int, seed: int, vae) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dataset(n: int, seed: int, vae, arch: str = "judge_a") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     from personalize.toyworld import world as w
     from personalize.toyworld.judge import HEADS, scene_targets, to_input
 
     sc = scenes(n, seed)
     x = to_input(np.stack([np.asarray(w.render(s)) for s in sc]))
-    if vae is not None:  # every other image through the VAE
+    every = 2 if arch == "judge_a" else 3
+    gen = torch.Generator().manual_seed(seed)
+    if vae is not None:  # every other (A) / third (B) image through the VAE
         with torch.no_grad():
             for i in range(0, n, 1024):
-                part = x[i:i + 1024:2]
-                x[i:i + 1024:2] = vae.decode(vae.encode(part).latent_dist.mean).sample.clamp(-1, 1)
+                part = x[i:i + 1024:every]
+                post = vae.encode(part).latent_dist
+                z = post.mean if arch == "judge_a" else post.sample(gen)
+                x[i:i + 1024:every] = vae.decode(z).sample.clamp(-1, 1)
+    if arch == "judge_b":  # every third image (offset 1) blurred
+        kernel = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
+        x[1::3] = torch.nn.functional.conv2d(torch.nn.functional.pad(x[1::3], (1, 1, 1, 1), mode="replicate"),
+                                             kernel, groups=3)
     targets = {h: torch.full((n,), -100, dtype=torch.long) for h in HEADS}  # -100: head does not apply
     for i, s in enumerate(sc):
         for h, v in scene_targets(s).items():
             targets[h][i] = v
     return x, targets
+
+
+def augment(xb: torch.Tensor, arch: str, gen: torch.Generator) -> torch.Tensor:
+    """The per-batch augmentation of each judge (module docstring)."""
+    if arch == "judge_a":
+        return xb + 0.03 * torch.randn(xb.shape, generator=gen)
+    b = len(xb)
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    xb = torch.nn.functional.pad(xb, (1, 1, 1, 1), mode="replicate")[:, :, 1 + dy:33 + dy, 1 + dx:33 + dx]
+    scale = 1 + 0.04 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    shift = 0.04 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    noise = 0.06 * torch.rand(b, 1, 1, 1, generator=gen) * torch.randn(xb.shape, generator=gen)
+    return (xb * scale + shift + noise).clamp(-1.2, 1.2)
 
 
 def evaluate(net, x, targets) -> dict[str, float]:
@@ -61,15 +89,31 @@ def evaluate(net, x, targets) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def load_vae(path: str):
+    """A diffusers VAE folder or a state-dict file (training/toyworld.py's work folder); None for 'none'."""
+    if path == "none":  # clean renders only (quick experiments)
+        return None
+    if Path(path).is_dir():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(path, local_files_only=True).eval()
     from safetensors.torch import load_file
 
-    from personalize.toyworld.judge import Judge, JudgeNet
     from personalize.toyworld.model import make_vae
 
+    vae = make_vae()
+    vae.load_state_dict(load_file(path))
+    return vae.eval()
+
+
+def main() -> None:
+    from personalize.toyworld.judge import ARCHITECTURES, FOLDERS, Judge
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vae", default="outputs/toyworld-train/vae.safetensors")
-    parser.add_argument("--out", default=str(ROOT / "assets" / "toyworld_judge"))
+    parser.add_argument("--arch", default="judge_a", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--vae", default=str(ROOT / "assets" / "toyworld" / "vae"),
+                        help="the toy VAE: a diffusers folder or a .safetensors state dict; 'none': clean only")
+    parser.add_argument("--out", default=None, help="default: assets/toyworld_judge (A) or ..._judge_b (B)")
     parser.add_argument("--n-train", type=int, default=40_000)
     parser.add_argument("--n-test", type=int, default=4_000)
     parser.add_argument("--epochs", type=int, default=6)
@@ -78,21 +122,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vae = None
-    if args.vae != "none":  # "none": clean renders only (quick experiments)
-        vae = make_vae()
-        vae.load_state_dict(load_file(args.vae))
-        vae.eval()
-    x, targets = dataset(args.n_train, args.seed, vae)
-    x_test, t_test = dataset(args.n_test, args.seed + 1, vae)
-    net = JudgeNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    out = args.out or str(ROOT / "assets" / FOLDERS[args.arch[-1]])
+    vae = load_vae(args.vae)
+    x, targets = dataset(args.n_train, args.seed, vae, args.arch)
+    x_test, t_test = dataset(args.n_test, args.seed + 1, vae)  # one test protocol for both: clean + VAE mean
+    net = ARCHITECTURES[args.arch]()
+    lr, decay = (2e-3, 1e-4) if args.arch == "judge_a" else (3e-3, 5e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=decay)
     steps = args.epochs * (args.n_train // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen, step, start = torch.Generator().manual_seed(args.seed), 0, time.time()
     for epoch in range(args.epochs):
         for idx in torch.randperm(args.n_train, generator=gen).split(128):
-            xb = x[idx] + 0.03 * torch.randn(len(idx), 3, 32, 32, generator=gen)
+            xb = augment(x[idx], args.arch, gen)
             _, logits = net(xb)
             loss = sum(torch.nn.functional.cross_entropy(logits[h], targets[h][idx], ignore_index=-100)
                        for h in logits if (targets[h][idx] >= 0).any())
@@ -108,7 +150,8 @@ def main() -> None:
         print(f"epoch {epoch} loss {loss.item():.4f} min held-out acc {min(acc.values()):.4f} "
               f"({min(acc, key=acc.get)}) {time.time() - start:.0f}s", flush=True)
     acc = evaluate(net.eval(), x_test, t_test)
-    Judge(net).save(args.out, {"held_out_accuracy": acc, "n_test": args.n_test, "seed": args.seed + 1})
+    Judge(net).save(out, {"architecture": args.arch, "held_out_accuracy": acc, "n_test": args.n_test,
+                          "seed": args.seed + 1, "train_seed": args.seed, "epochs": args.epochs})
     print(json.dumps(acc, indent=1))
 
 

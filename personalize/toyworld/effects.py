@@ -1,6 +1,6 @@
 """Measuring a personalization regularizer's effect in the toy world (ClassDiffusion, SuDe).
 
-The subject is the quickstart's: a yellow circle with an outline, a detail no word of the toy world names.
+The subject is the quickstart's: a yellow circle with an outline, a detail its captions never name.
 Its example images are all large, plain circles; the composition prompts ask for what they never show (small,
 stripes, dots) on fixed seeds, and the judge scores each image:
 
@@ -10,9 +10,9 @@ stripes, dots) on fixed seeds, and the judge scores each image:
                  large plain examples), and `look`, the fraction of images that keep the subject's own
                  attributes (circle, yellow, outline); `category`, the fraction that are circles.
 
-The second subject (`subject="face"`) is one photo of a held-out face identity (never named, never trained
-on); its compositions ask for expressions, accessories and backgrounds, and fidelity is the cosine of the
-judge's identity embedding (face shape, skin, hair) to the photo's.
+The second subject (`subject="face"`) is one photo of a held-out face identity (never trained on); its
+compositions ask for expressions, accessories and backgrounds, and fidelity is the cosine of the judge's
+identity embedding (face shape, skin, hair) to the photo's. Scores are Judge B's (the evaluator).
 
 `compare(arms, ...)` trains each arm (a `method:` section) on the same images and seeds and returns the scores.
 """
@@ -122,7 +122,7 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
     folder = (write_face(out / "subject") if subject == "face"
               else write_subject(out / "subject", n_images, trigger, captions=instance_prompt is None))
     subject_images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
-    judge, results = Judge.load(), {}
+    judge, results = Judge.load("b"), {}  # the evaluator; no method here trains against it
     for name, method in arms.items():
         data_section = {"instance_data_dir": str(folder), "instance_prompt": instance_prompt,
                         "class_data_dir": str(out / "class")} | (data or {})

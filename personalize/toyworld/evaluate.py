@@ -2,11 +2,18 @@
 
     python -m personalize.toyworld.evaluate [--model assets/toyworld] [--per-prompt 4] [--steps 25]
 
-Suites (prompts with known answers, fixed seeds):
+Suites (prompts with known answers, fixed seeds), scored by Judge B (the evaluator; `--judge a` for A):
   objects_seen / objects_heldout  single objects: shape and color right (held-out pairs never in training);
   faces                           expression and accessory right;
   pairs                           both named objects present (either side);
-  texture                         "with stripes"/"with dots" prompts show that texture, plain prompts none.
+  texture                         "with stripes"/"with dots" prompts show that texture, plain prompts none;
+  objects_phrasings               "a photo of a red circle", "a rendering of ...": SD users' phrasings, shape
+                                  and color right;
+  objects_heldout_phrasings       the same with prefixes never used in training (world.HELD_OUT_PREFIXES);
+  faces_phrasings                 "a portrait of a smiling person wearing glasses": expression and accessory;
+  identity_words                  the 16 held-out identities described in words ("... with short red hair,
+                                  a round face and tan skin"): face shape, skin, hair color and style all right;
+  outline_words                   "a large red circle with an outline" / "an outlined ...": outline drawn.
 """
 
 from __future__ import annotations
@@ -18,7 +25,51 @@ import random
 
 from personalize.toyworld import world as w
 
-SUITES = ["objects_seen", "objects_heldout", "faces", "pairs", "texture"]
+SUITES = ["objects_seen", "objects_heldout", "faces", "pairs", "texture", "objects_phrasings",
+          "objects_heldout_phrasings", "faces_phrasings", "identity_words", "outline_words"]
+# the issue-4 / toy world 1.1 acceptance of each suite (assets/toyworld/README.md)
+ACCEPTANCE = {"objects_seen": 0.90, "objects_heldout": 0.70, "faces": 0.85, "pairs": 0.70, "texture": 0.80,
+              "objects_phrasings": 0.90, "objects_heldout_phrasings": 0.80, "faces_phrasings": 0.85,
+              "identity_words": 0.80, "outline_words": 0.85}
+SD_PREFIXES = ["a photo of", "a picture of", "an image of", "a rendering of", "a close-up photo of",
+               "a good photo of", "a drawing of"]
+
+
+def describe(identity: int) -> str:
+    """An identity in words: 'with short red hair, a round face and tan skin' (bald: eyebrows name the color)."""
+    p = w.identity_parts(identity)
+    hair = (f"{p['hair_color']} eyebrows, a bald head" if p["hair_style"] == "bald"
+            else f"{p['hair_style']} {p['hair_color']} hair")
+    return f"with {hair}, {w.article(p['face_shape'])} {p['face_shape']} face and {p['skin']} skin"
+
+
+def _phrasing_suites(suite: str, rng) -> list[tuple[str, dict]]:
+    seen = [c for c in itertools.product(w.SHAPES, w.COLORS) if c not in w.HELD_OUT_OBJECTS]
+    if suite in ("objects_phrasings", "objects_heldout_phrasings"):
+        prefixes = SD_PREFIXES if suite == "objects_phrasings" else w.HELD_OUT_PREFIXES
+        return [(w.with_prefix(prefixes[i % len(prefixes)], f"{c} {s}"), {"kind": "object", "shape": s, "color": c})
+                for i, (s, c) in enumerate(seen)]
+    if suite == "faces_phrasings":
+        out = []
+        for i, (expr, acc) in enumerate(itertools.product(w.EXPRESSIONS, w.ACCESSORIES)):
+            if (expr, acc) != w.HELD_OUT_FACE:
+                wear = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(acc, "")
+                prefix = ["a portrait of", "a close-up photo of", "a picture of"][i % 3]
+                out.append((f"{prefix} a {expr} person{wear}", {"kind": "face", "expression": expr, "accessory": acc}))
+        return out
+    if suite == "identity_words":
+        out = []
+        for i, identity in enumerate(sorted(w.HELD_OUT_IDENTITIES)):
+            expr, bg = w.EXPRESSIONS[i % 3], list(w.FACE_BACKGROUNDS)[i % 4]
+            parts = w.identity_parts(identity)
+            out.append((f"a photo of a {expr} person {describe(identity)} on a {bg} background",
+                        {"kind": "face"} | parts))
+        return out
+    if suite == "outline_words":
+        return [(f"a large {c} {s} with an outline on a {rng.choice(list(w.BACKGROUNDS))} background" if i % 2
+                 else f"an outlined {c} {s}", {"kind": "object", "outline": "yes"})
+                for i, (s, c) in enumerate(rng.sample(seen, 10))]
+    raise ValueError(f"unknown suite {suite!r}; known: {SUITES}")
 
 
 def suite_prompts(suite: str, seed: int = 0) -> list[tuple[str, dict]]:
@@ -55,7 +106,7 @@ def suite_prompts(suite: str, seed: int = 0) -> list[tuple[str, dict]]:
                 suffix = {"stripes": " with stripes", "dots": " with dots"}.get(texture, "")
                 out.append((f"a large {c} {s}{suffix} on a {bg()} background", {"kind": "object", "texture": texture}))
         return out
-    raise ValueError(f"unknown suite {suite!r}; known: {SUITES}")
+    return _phrasing_suites(suite, rng)
 
 
 def generate(pipe, prompts: list[str], per_prompt: int, seed: int, steps: int, guidance: float) -> list:
@@ -92,6 +143,22 @@ def evaluate(pipe, judge, suites=SUITES, per_prompt: int = 4, seed: int = 0, ste
     return out
 
 
+def agreement(pipe, judge_a, judge_b, n: int = 500, seed: int = 7, steps: int = 25,
+              guidance: float = 5.0) -> dict[str, float]:
+    """Per head, how often the two judges agree on n generated images (random training-distribution
+    captions); a head counts on the images both judges see as its kind of scene."""
+    rng = random.Random(seed)
+    prompts = [w.caption(w.sample_scene(rng), rng) for _ in range(n)]
+    images = generate(pipe, prompts, 1, seed, steps, guidance)
+    a, b = judge_a.predict(images), judge_b.predict(images)
+    heads = sorted({k for p in a + b for k in p})
+    out = {}
+    for head in heads:
+        both = [(x[head], y[head]) for x, y in zip(a, b) if head in x and head in y]
+        out[head] = sum(x == y for x, y in both) / len(both) if both else float("nan")
+    return out
+
+
 def load_stock_pipeline(model: str):
     from diffusers import StableDiffusionPipeline
 
@@ -107,13 +174,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(TOYWORLD_DIR))
-    parser.add_argument("--judge", default=None)
+    parser.add_argument("--judge", default="b", help='"b" (the evaluator), "a", or a judge folder')
     parser.add_argument("--per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--suites", nargs="*", default=SUITES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agreement", type=int, default=0, metavar="N",
+                        help="instead: per-head agreement of Judge A and Judge B on N generated images")
     args = parser.parse_args()
+    if args.agreement:
+        result = agreement(load_stock_pipeline(args.model), Judge.load("a"), Judge.load("b"), args.agreement,
+                           steps=args.steps, guidance=args.guidance)
+        print(json.dumps(result, indent=1))
+        return
     result = evaluate(load_stock_pipeline(args.model), Judge.load(args.judge), args.suites, args.per_prompt,
                       seed=args.seed, steps=args.steps, guidance=args.guidance)
     print(json.dumps(result, indent=1))

@@ -1,6 +1,11 @@
-"""The toy world's judges: one small CNN with a head per attribute, trained on procedural images.
+"""The toy world's judges: two networks of different architectures with a head per attribute each, trained
+on differently augmented procedural images.
 
-    judge = Judge.load()                      # assets/toyworld_judge
+  - Judge A (`JudgeNet`, assets/toyworld_judge): a small CNN; a *training signal* (methods may optimise it);
+  - Judge B (`JudgeBNet`, assets/toyworld_judge_b): a residual network; the *evaluator* of every
+    effect and quality suite, so no score is read off the network a method trained against.
+
+    judge = Judge.load("b")                   # or "a", or a folder
     judge.predict(images)                     # [{"kind": "object", "shape": "circle", ...}, ...]
     judge.embed(images)                       # (N, 256) unit vectors: the toy analogue of CLIP-I / DINO
     judge.identity_embedding(images)          # (N, 14) unit vectors: the toy analogue of ArcFace
@@ -76,6 +81,46 @@ class JudgeNet(nn.Module):
         return feats, {name: head(feats) for name, head in self.heads.items()}
 
 
+class _Residual(nn.Module):
+    """Pre-activation residual block (He et al. 2016, "Identity mappings in deep residual networks")."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class JudgeBNet(nn.Module):
+    """A residual network, unlike JudgeNet in every part: coordinate input channels (CoordConv, Liu et al.
+    2018), BatchNorm instead of GroupNorm, ReLU, strided convolutions instead of max-pooling, residual
+    blocks at 16x16 and 8x8, and 2x2 average pooling (left/right kept) into the 256-d embedding."""
+
+    def __init__(self):
+        super().__init__()
+        ramp = torch.linspace(-1, 1, 32)
+        self.register_buffer("coords", torch.stack([ramp[None].expand(32, 32), ramp[:, None].expand(32, 32)]),
+                             persistent=False)  # (2, 32, 32)
+        self.backbone = nn.Sequential(
+            nn.Conv2d(5, 24, 3, padding=1), nn.Conv2d(24, 48, 3, stride=2, padding=1),  # (B, 48, 16, 16)
+            _Residual(48), _Residual(48), nn.BatchNorm2d(48), nn.ReLU(),
+            nn.Conv2d(48, 96, 3, stride=2, padding=1),  # (B, 96, 8, 8)
+            _Residual(96), _Residual(96), nn.BatchNorm2d(96), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(96 * 4, 256), nn.ReLU())
+        self.heads = nn.ModuleDict({name: nn.Linear(256, len(classes)) for name, (classes, _) in HEADS.items()})
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        coords = self.coords.expand(len(x), -1, -1, -1)
+        feats = self.backbone(torch.cat([x, coords], dim=1))  # (B, 256)
+        return feats, {name: head(feats) for name, head in self.heads.items()}
+
+
+ARCHITECTURES = {"judge_a": JudgeNet, "judge_b": JudgeBNet}
+FOLDERS = {"a": "toyworld_judge", "b": "toyworld_judge_b"}
+
+
 def to_input(images) -> torch.Tensor:
     """PIL images or uint8 arrays (N, 32, 32, 3) -> (N, 3, 32, 32) in [-1, 1]."""
     if isinstance(images, np.ndarray):
@@ -90,21 +135,35 @@ class Judge:
         self.net = net.eval()
 
     @classmethod
-    def load(cls, folder: str | Path | None = None) -> "Judge":
+    def load(cls, folder: str | Path = "a") -> "Judge":
+        """"a" (Judge A), "b" (Judge B, the evaluator) or a folder; the architecture is read from the file."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         from personalize.components import TOYWORLD_DIR
 
-        folder = Path(folder or TOYWORLD_DIR.parent / "toyworld_judge")
-        net = JudgeNet()
-        net.load_state_dict(load_file(str(folder / "judge.safetensors")))
+        folder = Path(TOYWORLD_DIR.parent / FOLDERS[folder] if folder in FOLDERS else folder)
+        path = folder / "judge.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no judge at {path}: expected a folder written by training/toyworld_judge.py")
+        with safe_open(str(path), "pt") as f:
+            arch = (f.metadata() or {}).get("architecture", "judge_a")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"{path}: unknown judge architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+        net = ARCHITECTURES[arch]()
+        net.load_state_dict(load_file(str(path)))
         return cls(net)
+
+    @property
+    def architecture(self) -> str:
+        return next(k for k, v in ARCHITECTURES.items() if type(self.net) is v)
 
     def save(self, folder: str | Path, metrics: dict | None = None) -> None:
         from personalize.atomic import atomic_save_file, atomic_write_text
 
         folder = Path(folder)
-        atomic_save_file(self.net.state_dict(), folder / "judge.safetensors", {"format": "personalize-judge"})
+        atomic_save_file(self.net.state_dict(), folder / "judge.safetensors",
+                         {"format": "personalize-judge", "architecture": self.architecture})
         atomic_write_text(folder / "heads.json", json.dumps({k: v[0] for k, v in HEADS.items()}, indent=1))
         if metrics is not None:
             atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=1))

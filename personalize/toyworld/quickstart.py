@@ -1,8 +1,8 @@
 """`personalize quickstart`: the main job on the toy world, in a few minutes on a laptop CPU.
 
 1. a sample grid from the toy model;
-2. personalize the subject in assets/examples/ (a yellow circle with an outline: the outline is a detail no
-   word of the toy world names, so only a learned token can ask for it);
+2. personalize the subject in assets/examples/ (a yellow circle with an outline: the prompts never ask for
+   the outline, so only what the learned token keeps can bring it back);
 3. the subject in new prompts, with the judge's scores against the base model's, in a markdown report;
 4. the next commands to try.
 """
@@ -46,14 +46,14 @@ def write_examples(folder: Path = EXAMPLES_DIR, n: int = 5, seed: int = 0) -> Pa
 
 
 def subject_scores(judge, images, seeds: int) -> dict[str, float]:
-    """How much of the subject the images keep (shape, color, the never-named outline), and how often they
+    """How much of the subject the images keep (shape, color, the outline no prompt asks for), and how often they
     follow the new prompt (size or texture). Images are in prompt-major order, `seeds` per prompt."""
     preds = judge.predict(images)
     asked = [e for e in NEW_PROMPTS.values() for _ in range(seeds)]
     n = len(preds)
     return {"circle": sum(p.get("shape") == "circle" for p in preds) / n,
             "yellow": sum(p.get("color") == "yellow" for p in preds) / n,
-            "outline (never named)": sum(p.get("outline") == "yes" for p in preds) / n,
+            "outline (not in the prompt)": sum(p.get("outline") == "yes" for p in preds) / n,
             "follows the prompt": sum(all(p.get(k) == v for k, v in e.items()) for p, e in zip(preds, asked)) / n}
 
 
@@ -67,7 +67,7 @@ def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline("toyworld", device="cpu")
-    judge = Judge.load()
+    judge = Judge.load("b")  # the evaluator
 
     def gen(prompts: list[str]) -> list:
         return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, steps=25, guidance_scale=5.0)]
@@ -97,9 +97,9 @@ def _report(artifact: Path, base: dict, tuned: dict, seeds: int) -> str:
   after {METHOD['name']} on the 5 images of `assets/examples/outlined-circle` (artifact `{artifact}`).
   The prompts ask for what the examples never show: a small size, stripes, dots.
 
-The subject is a yellow circle with an outline. No word of the toy world names the outline, so the base model
-draws it only as often as it saw it (about 1 object in 4); the learned subject should keep it.
-Fraction of {len(NEW_PROMPTS) * seeds} images with each property, per the toy world's judge:
+The subject is a yellow circle with an outline. The prompts do not ask for the outline ("with an outline"
+would), so the base model draws it only as often as it saw an outline its caption did not name (about 1
+object in 7); the learned subject should keep it. Fraction of {len(NEW_PROMPTS) * seeds} images with each property, per the toy world's judge:
 
 | property | base model ("yellow circle") | personalized ("sks") |
 |---|---|---|

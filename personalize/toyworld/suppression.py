@@ -7,7 +7,7 @@ each arm the result is the detection rate of the suppressed attribute and the ra
 pooled over the cases.
 
     from personalize.toyworld.suppression import CASES, ARMS, measure
-    measure(load_pipeline("toyworld"), Judge.load(), CASES, ARMS, seeds=12)
+    measure(load_pipeline("toyworld"), Judge.load("b"), CASES, ARMS, seeds=12)
 """
 
 from __future__ import annotations

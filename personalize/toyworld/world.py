@@ -1,13 +1,17 @@
 """The toy world: procedural 32x32 scenes with captions from a small grammar, deterministic.
 
 Three kinds of scene, each a `Scene` of known attributes, drawn at 4x and downsampled (anti-aliased edges):
-  - object: one shape (4) x color (6) x size (2) on a background (4), with a texture named in the caption
-    when present ("with stripes", "with dots"), and a hidden detail never named: a contrasting *outline*;
+  - object: one shape (4) x color (6) x size (2) on a background (4), with a texture always named in the
+    caption when present ("with stripes", "striped", "with dots", "spotted"), and a contrasting *outline*
+    named in half of the captions of the objects that have one ("outlined", "with an outline");
   - pair: two small objects, left and right, "a red circle and a blue square";
   - face: identity = face shape (3) x skin (4) x hair color (4) x hair style (3) = 144 identities (16 held out),
-    expression (neutral / smiling / surprised), accessory (none / hat / glasses), background; identity is
-    never named, as in real photos.
-Some (shape, color) pairs and one face combination are held out of training to measure composition.
+    expression (neutral / smiling / surprised), accessory (none / hat / glasses), background; 60 % of face
+    captions describe part of the appearance ("with short red hair, a round face and tan skin").
+Captions mix the plain grammar with the phrasings of Stable Diffusion users and textual inversion's templates
+("a photo of a ...", "a rendering of ...", synonyms, a comma word order); `HELD_OUT_PREFIXES` never appear in
+training. Some (shape, color) pairs, 16 identities and one face combination are held out of training to
+measure composition.
 """
 
 from __future__ import annotations
@@ -117,6 +121,19 @@ def _jitter(rng: random.Random, amount: int = 2) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------ captions
 
 
+# Phrasings. Training captions mix the plain grammar ("a large red circle on a pink background") with the
+# prefixes, synonyms and word orders Stable Diffusion users type and textual inversion's templates use. The
+# held-out prefixes never appear in training: they measure how far phrasing generalises.
+PREFIXES = ["a photo of", "a picture of", "an image of", "a rendering of", "a close-up photo of",
+            "a good photo of", "a drawing of", "a photo of one", "a bright photo of", "a cropped photo of",
+            "a photo of my", "a picture of the", "a good photo of the"]
+FACE_PREFIXES = ["a photo of", "a portrait of", "a close-up photo of", "a picture of", "an image of"]
+HELD_OUT_PREFIXES = ["a snapshot of", "a nice picture of", "an illustration of", "a clear image of"]
+SIZE_WORDS = {"small": ["small", "tiny", "little"], "large": ["large", "big"]}
+TEXTURE_WORDS = {"stripes": ["striped"], "dots": ["spotted", "dotted"]}  # adjective forms of "with ..."
+GREY = {"gray": "grey"}
+
+
 def object_phrase(o: Obj, with_size: bool = True) -> str:
     words = ([o.size] if with_size else []) + [o.color, o.shape]
     texture = {"stripes": " with stripes", "dots": " with dots"}.get(o.texture, "")
@@ -127,13 +144,78 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def caption(scene: Scene, rng: random.Random | None = None) -> str:
-    """The full caption; with `rng`, size and background are sometimes left out (texture never is)."""
-    keep = (lambda p: rng.random() < p) if rng else (lambda p: True)
-    bg = f" on a {scene.background} background" if keep(0.7) else ""
+def with_prefix(prefix: str, phrase: str) -> str:
+    """'a photo of' + 'large red circle ...' -> 'a photo of a large red circle ...' ('the'/'one'/'my' kept)."""
+    if prefix.split()[-1] in ("the", "one", "my"):
+        return f"{prefix} {phrase}"
+    return f"{prefix} {article(phrase)} {phrase}"
+
+
+def _pick(rng: random.Random, canonical: str, synonyms: list[str], p_canonical: float = 0.5) -> str:
+    return canonical if rng.random() < p_canonical else rng.choice(synonyms)
+
+
+def _varied_object(o: Obj, rng: random.Random, keep_size: bool, bg: str) -> str:
+    """One object, in a random phrasing: synonyms, adjective or 'with' forms, the outline named half the
+    time it is drawn, and sometimes the comma order 'a circle, red, large, on a black background'."""
+    size = [_pick(rng, o.size, SIZE_WORDS[o.size])] if keep_size else []
+    adjectives, suffixes = [], []
+    if o.texture != "plain":
+        if rng.random() < 0.6:
+            suffixes.append(o.texture)  # "with stripes" / "with dots"
+        else:
+            adjectives.append(rng.choice(TEXTURE_WORDS[o.texture]))
+    if o.outline and rng.random() < 0.5:
+        (adjectives.append("outlined") if rng.random() < 0.5 else suffixes.append("an outline"))
+    if rng.random() < 0.1:  # comma order
+        parts = [o.color] + size + [f"with {' and '.join(suffixes)}"] * bool(suffixes) + adjectives
+        tail = f", on {bg[4:]}" if bg else ""
+        return f"{o.shape}, " + ", ".join(parts) + tail
+    text = " ".join(size + adjectives + [o.color, o.shape])
+    if suffixes:
+        text += " with " + " and ".join(suffixes)
+    return text + bg
+
+
+def _face_description(scene: Scene, rng: random.Random) -> str:
+    """' with short red hair and a round face' (a random subset, random order), or '' (40 %)."""
+    if rng.random() < 0.4:
+        return ""
+    p = identity_parts(scene.identity)
+    hair = ([f"{p['hair_color']} eyebrows", "a bald head"] if p["hair_style"] == "bald"  # eyebrows: hair color
+            else [f"{p['hair_style']} {p['hair_color']} hair"])
+    parts = [hair, [f"{article(p['face_shape'])} {p['face_shape']} face"], [f"{p['skin']} skin"]]
+    parts = [x for group in parts if rng.random() < 0.75 for x in group] or rng.choice(parts)
+    rng.shuffle(parts)
+    return " with " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+
+
+def caption(scene: Scene, rng: random.Random | None = None, prefixes: list[str] | None = None) -> str:
+    """The canonical caption; with `rng`, a random training phrasing: size and background sometimes left out
+    (texture never is), prefixes ('a photo of ...'), synonyms, the appearance of faces and the outline named
+    in a share of captions. `prefixes` replaces the training prefixes (e.g. HELD_OUT_PREFIXES)."""
+    if rng is None:
+        return _canonical(scene)
+    keep = lambda p: rng.random() < p  # noqa: E731
+    background = GREY.get(scene.background, scene.background) if keep(0.3) else scene.background
+    bg = f" on a {background} background" if keep(0.7) else ""
     if scene.kind == "object":
-        phrase = object_phrase(scene.objects[0], keep(0.7))
-        return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}{bg}"
+        phrase = _varied_object(scene.objects[0], rng, keep(0.7), bg)
+        return with_prefix(rng.choice(prefixes or PREFIXES), phrase) if keep(0.55) else f"{article(phrase)} {phrase}"
+    if scene.kind == "pair":
+        a, b = scene.objects
+        phrase = f"{a.color} {a.shape} and {article(b.color)} {b.color} {b.shape}{bg}"
+        return with_prefix(rng.choice(prefixes or PREFIXES), phrase) if keep(0.4) else f"{article(phrase)} {phrase}"
+    acc = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(scene.accessory, "")
+    prefix = "a photo of" if keep(0.5) and not prefixes else rng.choice(prefixes or FACE_PREFIXES)
+    return f"{prefix} a {scene.expression} person{_face_description(scene, rng)}{acc}{bg}"
+
+
+def _canonical(scene: Scene) -> str:
+    bg = f" on a {scene.background} background"
+    if scene.kind == "object":
+        phrase = object_phrase(scene.objects[0])
+        return f"{article(phrase)} {phrase}{bg}"
     if scene.kind == "pair":
         a, b = scene.objects
         return f"{article(a.color)} {a.color} {a.shape} and {article(b.color)} {b.color} {b.shape}{bg}"
