@@ -112,9 +112,11 @@ def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
             ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args, init: dict | None = None) -> tuple:
+def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args, init: dict | None = None,
+               weights: torch.Tensor | None = None) -> tuple:
     """UNet + text encoder, jointly, from scratch or from `init` ({"unet": state, "te": state}, a fine-tune);
-    returns the EMA copies. Checkpoints are safetensors."""
+    `weights` (N,): sampling weight per image (None: uniform). Returns the EMA copies. Checkpoints are
+    safetensors."""
     from safetensors.torch import load_file
 
     from personalize.toyworld.model import make_text_encoder, make_train_scheduler, make_unet
@@ -130,10 +132,10 @@ def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args, init:
     ckpt, step = work / "unet-checkpoint", 0
     if (ckpt / "state.json").exists():
         step = json.loads((ckpt / "state.json").read_text())["step"]
-        weights = load_file(str(ckpt / "weights.safetensors"))
+        saved = load_file(str(ckpt / "weights.safetensors"))
         for k, m in models.items():
-            m.load_state_dict({n[len(k) + 1:]: v for n, v in weights.items() if n.startswith(k + ".")})
-            ema[k] = {n[len(k) + 5:]: v for n, v in weights.items() if n.startswith(f"ema.{k}.")}
+            m.load_state_dict({n[len(k) + 1:]: v for n, v in saved.items() if n.startswith(k + ".")})
+            ema[k] = {n[len(k) + 5:]: v for n, v in saved.items() if n.startswith(f"ema.{k}.")}
         opt_state = load_file(str(ckpt / "optimizer.safetensors"))
         for i, p in enumerate(params):
             opt.state[p] = {"step": opt_state[f"{i}.step"], "exp_avg": opt_state[f"{i}.exp_avg"],
@@ -145,7 +147,8 @@ def unet_stage(work: Path, latents: torch.Tensor, ids: torch.Tensor, args, init:
     start, bar = time.time(), tqdm(total=args.unet_steps, initial=step, desc="unet", mininterval=10)
     while step < args.unet_steps:
         gen = torch.Generator().manual_seed(args.seed * 100_003 + step)  # resumable: a function of the step
-        idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
+        idx = (torch.randint(0, len(latents), (args.batch,), generator=gen) if weights is None
+               else torch.multinomial(weights, args.batch, replacement=True, generator=gen))
         x0, cond_ids = latents[idx], ids[idx].clone()
         cond_ids[torch.rand(args.batch, generator=gen) < 0.1] = empty  # classifier-free guidance dropout
         noise = torch.randn(x0.shape, generator=gen)
@@ -217,6 +220,11 @@ def ship_stage(ship: Path, vae, ema: dict) -> None:
     log(f"wrote {ship}")
 
 
+def appearance_named(caption: str) -> bool:
+    """Does a caption name what toy world 1.0 never named: a face's appearance or an object's outline?"""
+    return "outline" in caption or ("person with " in caption)
+
+
 def load_shipped(folder: Path) -> tuple:
     """A shipped diffusers folder -> (its VAE, {"unet": state, "te": state}) to fine-tune from."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -242,6 +250,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--oversample", type=float, default=1.0,
+                        help="sampling weight of captions that name appearance or the outline (1: uniform)")
     parser.add_argument("--finetune-from", default=None,
                         help="a shipped toy model folder: keep its VAE, continue its UNet and text encoder")
     parser.add_argument("--threads", type=int, default=2)
@@ -261,7 +271,10 @@ def main() -> None:
     ids = tokenize(captions)
     if args.ship_only:
         args.unet_steps = 0  # load the checkpoint, take no step
-    ema = unet_stage(work, latents, ids, args, init)
+    weights = None
+    if args.oversample != 1.0:  # captions that name appearance (a face described, an outline) drawn more often
+        weights = torch.tensor([args.oversample if appearance_named(c) else 1.0 for c in captions])
+    ema = unet_stage(work, latents, ids, args, init, weights)
     ship_stage(Path(args.ship), vae, ema)
 
 
