@@ -99,7 +99,7 @@ def _report(artifact: Path, base: dict, tuned: dict, seeds: int) -> str:
 
 The subject is a yellow circle with an outline. The prompts do not ask for the outline ("with an outline"
 would), so the base model draws it only as often as it saw an outline its caption did not name (about 1
-object in 7); the learned subject should keep it. Fraction of {len(NEW_PROMPTS) * seeds} images with each property, per the toy world's judge:
+object in 7); the learned subject should keep it. Fraction of {len(NEW_PROMPTS) * seeds} images with each property, per the toy world's Judge B (the evaluator):
 
 | property | base model ("yellow circle") | personalized ("sks") |
 |---|---|---|
