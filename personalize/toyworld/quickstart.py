@@ -98,8 +98,8 @@ def _report(artifact: Path, base: dict, tuned: dict, seeds: int) -> str:
   The prompts ask for what the examples never show: a small size, stripes, dots.
 
 The subject is a yellow circle with an outline. The prompts do not ask for the outline ("with an outline"
-would), so the base model draws it only as often as it saw an outline its caption did not name (about 1
-object in 7); the learned subject should keep it. Fraction of {len(NEW_PROMPTS) * seeds} images with each property, per the toy world's Judge B (the evaluator):
+would), so the base model draws one only out of habit; the learned subject should keep it. Fraction of
+{len(NEW_PROMPTS) * seeds} images with each property, per the toy world's Judge B (the evaluator):
 
 | property | base model ("yellow circle") | personalized ("sks") |
 |---|---|---|
