@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_toyworld_training_script_runs_resumes_and_ships(tmp_path):
     work, ship = tmp_path / "work", tmp_path / "ship"
     base = [sys.executable, str(ROOT / "training" / "toyworld.py"), "--work", str(work), "--ship", str(ship),
-            "--n-images", "200", "--vae-steps", "3", "--batch", "8", "--save-every", "2", "--threads", "1"]
+            "--n-images", "200", "--vae-steps", "3", "--batch", "8", "--save-every", "2", "--threads", "1",
+            "--oversample", "4"]  # weighted sampling across a resume
     first = subprocess.run(base + ["--unet-steps", "2"], capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     again = subprocess.run(base + ["--unet-steps", "4"], capture_output=True, text=True, timeout=600)
