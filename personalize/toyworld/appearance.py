@@ -44,9 +44,10 @@ def write_identity(folder: str | Path, identity: int, n: int = 3) -> Path:
 
 def identity_match(judge, images, identity: int) -> float:
     """Fraction of images that are faces with all four identity attributes of `identity`."""
-    want = w.identity_parts(identity)
-    preds = judge.predict(images)
-    return sum(p["kind"] == "face" and all(p.get(k) == v for k, v in want.items()) for p in preds) / len(preds)
+    from personalize.toyworld.evaluate import score
+
+    want = {"kind": "face"} | w.identity_parts(identity)
+    return score("identity_words", judge.predict(images), [want] * len(images))
 
 
 def textual_inversion_identity(out: str | Path, identity: int, seed: int, judge, n_photos: int = 3,

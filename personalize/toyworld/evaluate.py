@@ -38,10 +38,7 @@ SD_PREFIXES = ["a photo of", "a picture of", "an image of", "a rendering of", "a
 
 def describe(identity: int) -> str:
     """An identity in words: 'with short red hair, a round face and tan skin' (bald: eyebrows name the color)."""
-    p = w.identity_parts(identity)
-    hair = (f"{p['hair_color']} eyebrows, a bald head" if p["hair_style"] == "bald"
-            else f"{p['hair_style']} {p['hair_color']} hair")
-    return f"with {hair}, {w.article(p['face_shape'])} {p['face_shape']} face and {p['skin']} skin"
+    return w.with_parts([x for group in w.appearance_groups(identity) for x in group]).lstrip()
 
 
 def _phrasing_suites(suite: str, rng) -> list[tuple[str, dict]]:
@@ -54,9 +51,9 @@ def _phrasing_suites(suite: str, rng) -> list[tuple[str, dict]]:
         out = []
         for i, (expr, acc) in enumerate(itertools.product(w.EXPRESSIONS, w.ACCESSORIES)):
             if (expr, acc) != w.HELD_OUT_FACE:
-                wear = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(acc, "")
                 prefix = ["a portrait of", "a close-up photo of", "a picture of"][i % 3]
-                out.append((f"{prefix} a {expr} person{wear}", {"kind": "face", "expression": expr, "accessory": acc}))
+                out.append((f"{prefix} a {expr} person{w.WEARING.get(acc, '')}",
+                            {"kind": "face", "expression": expr, "accessory": acc}))
         return out
     if suite == "identity_words":
         out = []
@@ -87,7 +84,7 @@ def suite_prompts(suite: str, seed: int = 0) -> list[tuple[str, dict]]:
         for expr, acc in itertools.product(w.EXPRESSIONS, w.ACCESSORIES):
             if (expr, acc) == w.HELD_OUT_FACE:
                 continue
-            wear = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(acc, "")
+            wear = w.WEARING.get(acc, "")
             face_bg = rng.choice(list(w.FACE_BACKGROUNDS))
             out.append((f"a photo of a {expr} person{wear} on a {face_bg} background",
                         {"kind": "face", "expression": expr, "accessory": acc}))

@@ -132,6 +132,7 @@ HELD_OUT_PREFIXES = ["a snapshot of", "a nice picture of", "an illustration of",
 SIZE_WORDS = {"small": ["small", "tiny", "little"], "large": ["large", "big"]}
 TEXTURE_WORDS = {"stripes": ["striped"], "dots": ["spotted", "dotted"]}  # adjective forms of "with ..."
 GREY = {"gray": "grey"}
+WEARING = {"hat": " wearing a hat", "glasses": " wearing glasses"}  # accessory -> its words ("none": none)
 
 
 def object_phrase(o: Obj, with_size: bool = True) -> str:
@@ -166,28 +167,41 @@ def _varied_object(o: Obj, rng: random.Random, keep_size: bool, bg: str) -> str:
         else:
             adjectives.append(rng.choice(TEXTURE_WORDS[o.texture]))
     if o.outline and rng.random() < 0.5:
-        (adjectives.append("outlined") if rng.random() < 0.5 else suffixes.append("an outline"))
+        if rng.random() < 0.5:
+            adjectives.append("outlined")
+        else:
+            suffixes.append("an outline")
     if rng.random() < 0.1:  # comma order
         parts = [o.color] + size + [f"with {' and '.join(suffixes)}"] * bool(suffixes) + adjectives
-        tail = f", on {bg[4:]}" if bg else ""
-        return f"{o.shape}, " + ", ".join(parts) + tail
+        return f"{o.shape}, " + ", ".join(parts) + ("," + bg if bg else "")
     text = " ".join(size + adjectives + [o.color, o.shape])
     if suffixes:
         text += " with " + " and ".join(suffixes)
     return text + bg
 
 
+def appearance_groups(identity: int) -> list[list[str]]:
+    """An identity's appearance in words, by group: [hair], [face shape], [skin]; a bald head names the hair
+    color by the eyebrows: [["red eyebrows", "a bald head"], ["a round face"], ["tan skin"]]."""
+    p = identity_parts(identity)
+    hair = ([f"{p['hair_color']} eyebrows", "a bald head"] if p["hair_style"] == "bald"
+            else [f"{p['hair_style']} {p['hair_color']} hair"])
+    return [hair, [f"{article(p['face_shape'])} {p['face_shape']} face"], [f"{p['skin']} skin"]]
+
+
+def with_parts(parts: list[str]) -> str:
+    """['short red hair', 'a round face', 'tan skin'] -> ' with short red hair, a round face and tan skin'."""
+    return " with " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+
+
 def _face_description(scene: Scene, rng: random.Random) -> str:
     """' with short red hair and a round face' (a random subset, random order), or '' (40 %)."""
     if rng.random() < 0.4:
         return ""
-    p = identity_parts(scene.identity)
-    hair = ([f"{p['hair_color']} eyebrows", "a bald head"] if p["hair_style"] == "bald"  # eyebrows: hair color
-            else [f"{p['hair_style']} {p['hair_color']} hair"])
-    parts = [hair, [f"{article(p['face_shape'])} {p['face_shape']} face"], [f"{p['skin']} skin"]]
-    parts = [x for group in parts if rng.random() < 0.75 for x in group] or rng.choice(parts)
+    groups = appearance_groups(scene.identity)
+    parts = [x for group in groups if rng.random() < 0.75 for x in group] or rng.choice(groups)
     rng.shuffle(parts)
-    return " with " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+    return with_parts(parts)
 
 
 def caption(scene: Scene, rng: random.Random | None = None, prefixes: list[str] | None = None) -> str:
@@ -206,7 +220,7 @@ def caption(scene: Scene, rng: random.Random | None = None, prefixes: list[str] 
         a, b = scene.objects
         phrase = f"{a.color} {a.shape} and {article(b.color)} {b.color} {b.shape}{bg}"
         return with_prefix(rng.choice(prefixes or PREFIXES), phrase) if keep(0.4) else f"{article(phrase)} {phrase}"
-    acc = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(scene.accessory, "")
+    acc = WEARING.get(scene.accessory, "")
     prefix = "a photo of" if keep(0.5) and not prefixes else rng.choice(prefixes or FACE_PREFIXES)
     return f"{prefix} a {scene.expression} person{_face_description(scene, rng)}{acc}{bg}"
 
@@ -219,8 +233,7 @@ def _canonical(scene: Scene) -> str:
     if scene.kind == "pair":
         a, b = scene.objects
         return f"{article(a.color)} {a.color} {a.shape} and {article(b.color)} {b.color} {b.shape}{bg}"
-    acc = {"hat": " wearing a hat", "glasses": " wearing glasses"}.get(scene.accessory, "")
-    return f"a photo of a {scene.expression} person{acc}{bg}"
+    return f"a photo of a {scene.expression} person{WEARING.get(scene.accessory, '')}{bg}"
 
 
 # ------------------------------------------------------------------------------------------ drawing
