@@ -212,6 +212,9 @@ def ship_stage(ship: Path, vae, ema: dict) -> None:
                                    scheduler=make_sample_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(str(ship), safe_serialization=True)
+    config = json.loads((ship / "vae" / "config.json").read_text())
+    if config.pop("_name_or_path", None) is not None:  # a fine-tune's VAE would record the folder it came from
+        (ship / "vae" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     import shutil
 
     # the vocabulary files (1.5 MB) load in every transformers version, slow or fast; tokenizer.json is 3.6 MB
