@@ -23,21 +23,26 @@ def _run(name, tmp_path, n_images, subject="circle"):
 
 def test_classdiffusion_does_not_cost_compositions(tmp_path):
     """The effect measured on toy world 1.0 with Judge A (composition 0.54 -> 0.70, +0.16) is NOT reproduced on
-    toy world 1.1 scored by Judge B: composition 0.49 -> 0.49, look 0.075 -> 0.075 (one training seed; issue
-    15 re-measures it over seeds). What is asserted is what ClassDiffusion must not do: cost compositions or
-    the subject's look (non-inferiority, margin 0.05, about half a binomial standard error over 96 checks)."""
+    toy world 1.1 scored by Judge B: composition 0.33 -> 0.33, fidelity (judge-embedding cosine to the subject
+    photos) 0.563 -> 0.563 (one training seed; issue 15 re-measures it over seeds). On this model neither arm
+    keeps the outlined yellow circle in the new compositions (a circle in 0.03 / 0.08 of the images, the whole
+    look in 0.00 / 0.03), so the toy config itself needs re-tuning (issue 15); the first 1.1 release measured
+    composition 0.49 -> 0.49, look 0.075 -> 0.075. What is asserted is what ClassDiffusion must not do: cost
+    compositions (margin 0.05, about half a binomial standard error over 96 checks) or fidelity (margin 0.03);
+    the look is no longer asserted, since at a base rate of 0 its non-inferiority could not fail."""
     r = _run("classdiffusion", tmp_path, 5)
     base, reg = r["base"], r["regularized"]
     assert reg["composition"] >= base["composition"] - 0.05, r
-    assert reg["look"] >= base["look"] - 0.05, r  # the subject's own attributes are kept as often
+    assert reg["fidelity"] >= base["fidelity"] - 0.03, r  # the images stay as close to the subject's photos
 
 
 def test_sude_keeps_the_identity_of_a_one_shot_face(tmp_path):
     """One photo of a held-out face identity, DreamBooth vs DreamBooth + SuDe (weight 5, category 'person').
     On toy world 1.0 with Judge A, SuDe raised composition (expression, accessory, background asked) 0.22 ->
     0.39. That effect is NOT reproduced on toy world 1.1 scored by Judge B: DreamBooth alone already keeps the
-    compositions (0.91) and SuDe lowers them to 0.80 (one training seed; issue 15 re-measures over seeds).
-    Asserted: SuDe keeps who the person is (identity cosine 0.981 -> 0.974 measured; margin 0.03)."""
+    compositions (0.86) and SuDe keeps them (0.89; the first 1.1 release: 0.91 -> 0.80; one training seed, issue
+    15 re-measures over seeds). Asserted: SuDe keeps who the person is (identity cosine 1.000 -> 0.989 measured,
+    first 1.1 release 0.981 -> 0.974; margin 0.03) and draws a face (1.00)."""
     r = _run("sude", tmp_path, 1, subject="face")
     base, reg = r["base"], r["regularized"]
     assert reg["identity"] >= base["identity"] - 0.03, r  # the person stays who they are

@@ -84,33 +84,13 @@ def test_judge_embeddings(judge):
     assert emb.shape == (3, 256) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
 
 
-APPEARANCE = ("identity_words", "outline_words")  # their acceptance (0.80, 0.85) is not reached yet: see below
-
-
-@pytest.mark.parametrize("suite", [s for s in SUITES if s not in APPEARANCE])
+@pytest.mark.parametrize("suite", SUITES)
 def test_the_model_draws_what_it_is_asked(stock_pipe, judge, suite):
-    """Every suite at or above its acceptance (issue 4's five, toy world 1.1's phrasings), on sampling seeds
-    100-103 (the README's figures use 0-3), scored by Judge B."""
+    """Every suite at or above its acceptance (issue 4's five, toy world 1.1's phrasings and appearance in
+    words), on sampling seeds 100-103 (the README's figures use 0-3), scored by Judge B. The first 1.1 release
+    fails the appearance suites (identity words 0.09, outline 0.68 on seeds 0-3)."""
     score = evaluate(stock_pipe, judge, [suite], per_prompt=4, seed=100)[suite]
     assert score >= ACCEPTANCE[suite], f"{suite}: {score:.3f} < {ACCEPTANCE[suite]}"
-
-
-def test_appearance_in_words_steers_the_model(stock_pipe, judge):
-    """Toy world 1.1 made appearance partly text-steerable; the issue's acceptance is not reached. Measured
-    (Judge B, seeds 0-3 and 100-103): held-out identities described in words, mean per-attribute accuracy
-    0.57 (model 1.0: 0.26, chance 0.29), exact match 0.09; outline asked in words 0.68 (1.0: 0.25-0.30).
-    The bars sit between the two models, so this fails on the 1.0 model."""
-    from personalize.toyworld.evaluate import generate, suite_prompts
-    from personalize.toyworld.judge import IDENTITY_HEADS, accuracy
-
-    got = {}
-    for suite in APPEARANCE:
-        pairs = suite_prompts(suite)
-        images = generate(stock_pipe, [p for p, _ in pairs], 4, 100, 25, 5.0)
-        got[suite] = accuracy(judge.predict(images), [e for _, e in pairs for _ in range(4)])
-    identity = sum(got["identity_words"][h] for h in IDENTITY_HEADS) / len(IDENTITY_HEADS)
-    assert identity >= 0.45, got["identity_words"]
-    assert got["outline_words"]["outline"] >= 0.50, got["outline_words"]
 
 
 def test_quickstart_writes_grids_and_a_report(tmp_path):

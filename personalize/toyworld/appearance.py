@@ -8,7 +8,7 @@ whether a learned embedding can then ask for an identity the model never saw:
     python -m personalize.toyworld.appearance --seeds 1 2 3        # mean identity match over training seeds
 
 For each training seed: `n` photos of one held-out identity (varied expression and background, no captions:
-textual inversion's templates apply, the token standing for "person"), textual inversion (2 vectors,
+textual inversion's templates apply, the token standing for "person"), textual inversion (4 vectors,
 initialised from "person"), then the token in new prompts; Judge B (which no method here trains against)
 scores **identity match**, the fraction of images whose face shape, skin, hair color and hair style are all
 the identity's. The base arm is the same prompts with "person".
@@ -27,8 +27,10 @@ IDENTITIES = sorted(w.HELD_OUT_IDENTITIES)
 PHOTO_SETTINGS = [("neutral", "blue"), ("smiling", "green"), ("surprised", "white"), ("neutral", "gray")]
 PROMPTS = ["a photo of a smiling {} on a blue background", "a photo of a neutral {} wearing glasses",
            "a portrait of a surprised {} on a green background", "a close-up photo of a neutral {}"]
-TRAIN = {"learning_rate": 5e-3, "max_train_steps": 400, "train_batch_size": 1}
-METHOD = {"name": "textual_inversion", "placeholder_token": "sks", "initializer_token": "person", "num_vectors": 2}
+# chosen on identity 18 with training seeds 11 and 12 (identity match 400 steps x 2 vectors 0.19, 1000 x 2 0.31,
+# 1000 x 4 0.53, 2000 x 4 0.56, lr 1e-2 0.38); reported on identity 45 with seeds 1-5
+TRAIN = {"learning_rate": 5e-3, "max_train_steps": 1000, "train_batch_size": 1}
+METHOD = {"name": "textual_inversion", "placeholder_token": "sks", "initializer_token": "person", "num_vectors": 4}
 
 
 def write_identity(folder: str | Path, identity: int, n: int = 3) -> Path:

@@ -27,8 +27,7 @@ from personalize.toyworld import world as w
 
 SUITES = ["objects_seen", "objects_heldout", "faces", "pairs", "texture", "objects_phrasings",
           "objects_heldout_phrasings", "faces_phrasings", "identity_words", "outline_words"]
-# the acceptance of each suite (issue 4's five, toy world 1.1's others); identity_words and outline_words are
-# not reached by the 1.1 model (assets/toyworld/README.md)
+# the acceptance of each suite (issue 4's five, toy world 1.1's others); measured values in assets/toyworld/README.md
 ACCEPTANCE = {"objects_seen": 0.90, "objects_heldout": 0.70, "faces": 0.85, "pairs": 0.70, "texture": 0.80,
               "objects_phrasings": 0.90, "objects_heldout_phrasings": 0.80, "faces_phrasings": 0.85,
               "identity_words": 0.80, "outline_words": 0.85}
