@@ -2,14 +2,13 @@
 held-out identity asks the model for a person it never saw.
 
 Measured on toy world 1.1 (Judge B, identity 45, 16 images per seed): identity match 1.00, 1.00, 1.00, 0.81,
-1.00 on training seeds 1-5 (mean 0.96, 95 % t-interval 0.86-1.07, clipped at 1), base prompts ("person") 0.00; settings
-chosen on identity 18 with seeds 11-12. On the first 1.1 release it was 0.00 on every seed.
+1.00 on training seeds 1-5 (mean 0.96, 95 % t-interval 0.86-1.07, clipped at 1), base prompts ("person")
+0.00; settings chosen on identity 18 with seeds 11-12. On the first 1.1 release it was 0.00 on every seed.
 Identity 45 is an easy one: over all 16 held-out identities (seed 1) the mean is 0.47 (95 % interval
 0.30-0.64), 0.00 to 1.00 by identity; this test guards the mechanism on 45, not a typical rate.
 """
 
 import statistics
-
 
 from personalize.toyworld import appearance
 from personalize.toyworld.judge import Judge

@@ -57,6 +57,10 @@ def test_finetune_stage_keeps_the_vae_and_continues_the_shipped_model(tmp_path):
     assert "fine-tuning from" in run.stdout
     new, old = (StableDiffusionPipeline.from_pretrained(str(p), local_files_only=True) for p in (ship, TOYWORLD_DIR))
     assert new.vae.config.scaling_factor == old.vae.config.scaling_factor
+    import json
+
+    assert json.loads((ship / "vae" / "config.json").read_text()) == json.loads(
+        (TOYWORLD_DIR / "vae" / "config.json").read_text())  # the same config, no path recorded
     for a, b in ((new.unet, old.unet), (new.text_encoder, old.text_encoder), (new.vae, old.vae)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

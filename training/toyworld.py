@@ -212,9 +212,6 @@ def ship_stage(ship: Path, vae, ema: dict) -> None:
                                    scheduler=make_sample_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(str(ship), safe_serialization=True)
-    config = json.loads((ship / "vae" / "config.json").read_text())
-    if config.pop("_name_or_path", None) is not None:  # a fine-tune's VAE would record the folder it came from
-        (ship / "vae" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     import shutil
 
     # the vocabulary files (1.5 MB) load in every transformers version, slow or fast; tokenizer.json is 3.6 MB
@@ -229,11 +226,18 @@ def appearance_named(caption: str) -> bool:
 
 
 def load_shipped(folder: Path) -> tuple:
-    """A shipped diffusers folder -> (its VAE, {"unet": state, "te": state}) to fine-tune from."""
+    """A shipped diffusers folder -> (its VAE, {"unet": state, "te": state}) to fine-tune from. The VAE is
+    rebuilt by make_vae() like a trained one, so the shipped config does not record the folder it came from."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True).eval()
+    from personalize.toyworld.model import make_vae
+
+    shipped = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True)
+    vae = make_vae()
+    vae.load_state_dict(shipped.state_dict())
+    vae.register_to_config(scaling_factor=shipped.config.scaling_factor)
+    vae.eval()
     unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", local_files_only=True)
     te = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", local_files_only=True)
     log(f"fine-tuning from {folder} (latent scaling {vae.config.scaling_factor:.4f} kept)")
