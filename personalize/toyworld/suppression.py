@@ -38,7 +38,29 @@ def _accessory_cases() -> list[Case]:
             for e in ("neutral", "smiling", "surprised") for a in ("glasses", "a hat") if (e, a) != ("surprised", "a hat")]
 
 
+def _new_texture_cases() -> list[Case]:
+    """Prompts the effect test never uses (for re-measuring it): other seen (shape, color) pairs, a size and a
+    background; kept: an object of that color and the background."""
+    pairs = [("circle", "blue"), ("square", "yellow"), ("triangle", "red"), ("cross", "purple")]
+    return [Case(f"a {size} {color} {shape} with {texture} on a {bg} background", texture, ("texture", texture),
+                 {"kind": "object", "color": color, "shape": shape, "background": bg})
+            for (shape, color), size, bg in zip(pairs, ("small", "large", "large", "small"),
+                                                ("black", "gray", "white", "pink"))
+            for texture in ("stripes", "dots")]
+
+
+def _new_accessory_cases() -> list[Case]:
+    """Faces on a named background (the effect test's prompts name none); kept: a face, the expression, the
+    background."""
+    return [Case(f"a photo of a {e} person wearing {a} on a {bg} background", a.split()[-1],
+                 ("accessory", a.split()[-1]), {"kind": "face", "expression": e, "face_background": bg})
+            for e, a, bg in (("neutral", "glasses", "green"), ("smiling", "a hat", "blue"),
+                             ("surprised", "glasses", "white"), ("smiling", "glasses", "gray"),
+                             ("neutral", "a hat", "white"))]
+
+
 CASES = {"texture": _texture_cases(), "accessory": _accessory_cases()}
+NEW_CASES = {"texture": _new_texture_cases(), "accessory": _new_accessory_cases()}
 ARMS = {  # arm -> generate() keyword arguments; "{words}" is the case's words
     "none": {},
     "negative_prompt": {"negative_prompt": "{words}"},
@@ -51,15 +73,17 @@ def _fill(kwargs: dict, words: str) -> dict:
     return {k: (v.replace("{words}", words) if isinstance(v, str) else v) for k, v in kwargs.items()}
 
 
-def measure(pipe, judge, cases: list[Case], arms: dict[str, dict], seeds: int = 12, steps: int = 25,
+def measure(pipe, judge, cases: list[Case], arms: dict[str, dict], seeds: int | list[int] = 12, steps: int = 25,
             guidance: float = 5.0) -> dict[str, dict[str, float]]:
     """arm -> {"suppressed": detection rate of the suppressed attribute, "kept:<head>": rate of each kept
-    attribute, "kept": rate of images with every kept attribute}, pooled over `cases` (seeds 0..seeds-1)."""
+    attribute, "kept": rate of images with every kept attribute}, pooled over `cases` (seeds 0..seeds-1, or the
+    listed seeds)."""
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     results = {}
     for arm, kwargs in arms.items():
         gone, kept_all, kept = [], [], {}
         for case in cases:
-            images = pipe.generate(case.prompt, seed=list(range(seeds)), steps=steps, guidance_scale=guidance,
+            images = pipe.generate(case.prompt, seed=seeds, steps=steps, guidance_scale=guidance,
                                    **_fill(kwargs, case.words))
             for pred in judge.predict([g.image for g in images]):
                 gone.append(pred.get(case.gone[0]) == case.gone[1])
@@ -70,3 +94,15 @@ def measure(pipe, judge, cases: list[Case], arms: dict[str, dict], seeds: int = 
         results[arm] = {"suppressed": sum(gone) / len(gone), "kept": sum(kept_all) / len(kept_all)}
         results[arm] |= {f"kept:{head}": sum(v) / len(v) for head, v in kept.items()}
     return results
+
+
+def measure_sets(pipe, judge, cases: list[Case], arms: dict[str, dict], sets: int = 5, per_set: int = 8,
+                 first_seed: int = 5000, progress: bool = False) -> list[dict]:
+    """Rows {"arm", "seed": set index, rates...} for `stats.effects`: set k draws every case with sampling seeds
+    first_seed + k * per_set + (0..per_set-1), the same in every arm (so arms are paired by set)."""
+    from personalize.toyworld.effects import grid
+
+    def one_set(k):
+        start = first_seed + k * per_set
+        return measure(pipe, judge, cases, arms, list(range(start, start + per_set)))
+    return grid(list(range(sets)), one_set, progress, desc="seed sets")
