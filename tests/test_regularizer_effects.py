@@ -1,49 +1,66 @@
-"""The toy-world effect of ClassDiffusion and SuDe against the same base without them (issue 5).
+"""ClassDiffusion and SuDe in the toy world, over training seeds (issue 15; docs/effects.md has the numbers).
 
-Both arms of a test train on the same images with the same seeds (configs/toyworld/<method>.yaml), then draw
-the subject in compositions the examples never show (small, stripes, dots; personalize.toyworld.effects), scored
-by the toy world's judge on fixed seeds."""
+Each test trains both arms of configs/toyworld/<method>.yaml (the base alone, the base + the regularizer) on
+training seeds 1-3 with the same images, draws the subject in compositions its examples never show, and scores
+them with Judge B (personalize.toyworld.effects.measure); the paired difference per seed gives a mean and a 95 %
+t interval (personalize.toyworld.stats). The configs' hyper-parameters were chosen on training seed 100; the
+reported effects (docs/effects.md) are over seeds 1-5, of which these are the first three.
+
+Neither paper's composition effect is reproduced in the toy world (5 seeds, docs/effects.md), so what is asserted
+is (a) what each loss provably does to the model, measured on the tuned model itself
+(personalize.toyworld.mechanism), and (b) that the regularizer costs nothing, with margins of about 3 standard
+errors of a 3-seed mean, taken from the 5-seed spread."""
 
 from pathlib import Path
 
 import pytest
 
-from personalize.toyworld.effects import arms_from_config, compare
+from personalize.toyworld.effects import measure
+from personalize.toyworld.stats import effects
 
 pytestmark = pytest.mark.effect  # runs by default; `pytest -m 'not effect'` leaves it out
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toyworld"
+SEEDS = [1, 2, 3]
 
 
-def _run(name, tmp_path, n_images, subject="circle"):
-    arms, train, prompt = arms_from_config(CONFIGS / f"{name}.yaml")
-    train = {k: v for k, v in train.items() if k not in ("output_dir", "validation_prompt")}
-    return compare(arms, tmp_path, train, n_images=n_images, instance_prompt=prompt, subject=subject)
+def _effects(name, tmp_path_factory):
+    rows = measure(CONFIGS / f"{name}.yaml", SEEDS, tmp_path_factory.mktemp(name), progress=False)
+    found = effects(rows, "base")["regularized"]
+    print(name, {m: str(e) for m, e in found.items()})
+    return found
 
 
-def test_classdiffusion_does_not_cost_compositions(tmp_path):
-    """The effect measured on toy world 1.0 with Judge A (composition 0.54 -> 0.70, +0.16) is NOT reproduced on
-    toy world 1.1 scored by Judge B: composition 0.33 -> 0.33, fidelity (judge-embedding cosine to the subject
-    photos) 0.563 -> 0.563 (one training seed; issue 15 re-measures it over seeds). On this model neither arm
-    keeps the outlined yellow circle in the new compositions (a circle in 0.03 / 0.08 of the images, the whole
-    look in 0.00 / 0.03), so the toy config itself needs re-tuning (issue 15); the first 1.1 release measured
-    composition 0.49 -> 0.49, look 0.075 -> 0.075. What is asserted is what ClassDiffusion must not do: cost
-    compositions (margin 0.05, about half a binomial standard error over 96 checks) or fidelity (margin 0.03);
-    the look is no longer asserted, since at a base rate of 0 its non-inferiority could not fail."""
-    r = _run("classdiffusion", tmp_path, 5)
-    base, reg = r["base"], r["regularized"]
-    assert reg["composition"] >= base["composition"] - 0.05, r
-    assert reg["fidelity"] >= base["fidelity"] - 0.03, r  # the images stay as close to the subject's photos
+@pytest.fixture(scope="module")
+def classdiffusion(tmp_path_factory):
+    return _effects("classdiffusion", tmp_path_factory)
 
 
-def test_sude_keeps_the_identity_of_a_one_shot_face(tmp_path):
-    """One photo of a held-out face identity, DreamBooth vs DreamBooth + SuDe (weight 5, category 'person').
-    On toy world 1.0 with Judge A, SuDe raised composition (expression, accessory, background asked) 0.22 ->
-    0.39. That effect is NOT reproduced on toy world 1.1 scored by Judge B: DreamBooth alone already keeps the
-    compositions (0.86) and SuDe keeps them (0.89; the first 1.1 release: 0.91 -> 0.80; one training seed, issue
-    15 re-measures over seeds). Asserted: SuDe keeps who the person is (identity cosine 1.000 -> 0.989 measured,
-    first 1.1 release 0.981 -> 0.974; margin 0.03) and draws a face (1.00)."""
-    r = _run("sude", tmp_path, 1, subject="face")
-    base, reg = r["base"], r["regularized"]
-    assert reg["identity"] >= base["identity"] - 0.03, r  # the person stays who they are
-    assert reg["category"] >= 0.9, r  # still a face
+@pytest.fixture(scope="module")
+def sude(tmp_path_factory):
+    return _effects("sude", tmp_path_factory)
+
+
+def test_classdiffusion_keeps_the_phrase_nearer_its_class(classdiffusion):
+    """The SPL's own target (Huang et al. 2025, sec. 3): after the same training, the EOS feature of 'a sks
+    circle' is nearer that of 'a circle' with the SPL than without. Measured over seeds 1-5: drift 1.04e-2 ->
+    1.02e-2, delta -2.2e-4 (95 % CI -2.4e-4 to -1.9e-4). The drift is tiny in both arms (1.00e-2 before any
+    training): the toy model's compositions are lost through the UNet's K/V, which the SPL never reaches."""
+    drift = classdiffusion["text_drift"]
+    assert drift.harmful, drift  # the whole interval below zero: less drift with the SPL
+
+
+def test_classdiffusion_costs_no_compositions_or_fidelity(classdiffusion):
+    """5 seeds: composition 0.629 -> 0.625 (delta -0.004, CI -0.024 to +0.015; sd of a seed's delta 0.016, so a
+    3-seed mean has se 0.009); fidelity 0.582 -> 0.582 (CI -0.002 to +0.002)."""
+    assert classdiffusion["composition"].mean >= -0.03, classdiffusion["composition"]
+    assert classdiffusion["fidelity"].mean >= -0.01, classdiffusion["fidelity"]
+
+
+def test_sude_costs_no_compositions_or_identity(sude):
+    """One photo of a held-out face, DreamBooth vs DreamBooth + SuDe (weight 5). 5 seeds: composition 0.981 ->
+    0.959 (delta -0.022, CI -0.060 to +0.016; sd 0.031, 3-seed se 0.018), identity cosine 0.927 -> 0.938
+    (+0.011, CI -0.028 to +0.050; sd 0.031); every image a face in both arms."""
+    assert sude["composition"].mean >= -0.08, sude["composition"]
+    assert sude["identity"].mean >= -0.06, sude["identity"]
+    assert sude["category"].mean >= -0.05, sude["category"]

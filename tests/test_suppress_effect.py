@@ -1,6 +1,11 @@
-"""SuppressEOT's effect in the toy world, on fixed seeds, judged by the toy classifiers.
+"""SuppressEOT's effect in the toy world, on sets of sampling seeds, judged by Judge B.
 
-Measured on toy world 1.1, scored by Judge B (12 seeds, DDIM 25 steps, guidance 5; rates pooled over the cases):
+Re-measured on prompts this test never uses, 5 sets x 8 seeds (docs/effects.md): textures detected 0.997 ->
+SWR 0.519 (delta CI -0.495 to -0.461), negative prompt 0.838; accessories 1.000 -> SWR 0.480 (-0.600 to -0.440).
+Here: 3 sets of seeds 2000-2011 (textures, 4 per set) / 2000-2008 (accessories, 3 per set); the bars below are the
+calibration's (seeds 0-11), re-checked on these seeds.
+
+The calibration, on toy world 1.1, scored by Judge B (seeds 0-11, DDIM 25 steps, guidance 5; rates pooled over the cases):
   textures (8 prompts, suppress "stripes"/"dots"): detected none 0.92, negative prompt 0.96, SWR 0.43, SWR+ITO 0.48;
       kept: object 1.00 / color 1.00 / shape 1.00 without suppression; SWR 1.00 / 0.65 / 0.33, SWR+ITO 1.00 / 0.63 / 0.55.
   accessories (5 prompts, suppress "glasses"/"hat", 8 seeds): detected none 1.00, SWR 0.03, SWR+ITO 0.03; kept:
@@ -18,12 +23,13 @@ SuppressEOT must edit (`test_toy_model_reads_details_from_the_padding`); real SD
 import pytest
 import torch
 
-from personalize.toyworld.suppression import ARMS, CASES, measure
+from personalize.toyworld.stats import effects, means
+from personalize.toyworld.suppression import ARMS, CASES, measure_sets
 
 pytestmark = pytest.mark.effect  # runs by default; `pytest -m 'not effect'` leaves it out
 
 SEEDS = 8
-TEXTURE_SEEDS = 12
+SETS, FIRST_SEED = 3, 2000  # sampling-seed sets 2000-2011 (textures) / 2000-2008 (accessories): not the calibration's 0-11
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +41,24 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def textures(world):
-    return measure(*world, CASES["texture"], ARMS, seeds=TEXTURE_SEEDS)
+def texture_rows(world):
+    return measure_sets(*world, CASES["texture"], ARMS, sets=SETS, per_set=4, first_seed=FIRST_SEED)
 
 
 @pytest.fixture(scope="module")
-def accessories(world):
+def textures(texture_rows):
+    return means(texture_rows)  # arm -> rates pooled over the sets (equal sizes: the mean of the set means)
+
+
+@pytest.fixture(scope="module")
+def accessory_rows(world):
     arms = {k: v for k, v in ARMS.items() if k != "negative_prompt"}
-    return measure(*world, CASES["accessory"], arms, seeds=SEEDS)
+    return measure_sets(*world, CASES["accessory"], arms, sets=SETS, per_set=3, first_seed=FIRST_SEED)
+
+
+@pytest.fixture(scope="module")
+def accessories(accessory_rows):
+    return means(accessory_rows)
 
 
 @pytest.mark.parametrize("arm, color_bar", [("swr", 0.55), ("swr+ito", 0.55)])
@@ -52,6 +68,15 @@ def test_suppressed_texture_falls_by_half_and_the_object_keeps_its_color(texture
     assert got["suppressed"] <= 0.55 * none["suppressed"]
     assert got["kept:kind"] >= 0.9 * none["kept:kind"]
     assert got["kept:color"] >= color_bar * none["kept:color"]
+
+
+@pytest.mark.parametrize("arm", ["swr", "swr+ito"])
+def test_the_drop_holds_in_every_seed_set(texture_rows, accessory_rows, arm):
+    """Paired by sampling-seed set (3 sets): the 95 % t interval of the change in detection is below zero."""
+    for rows in (texture_rows, accessory_rows):
+        drop = effects(rows, "none")[arm]["suppressed"]
+        print(f"{arm}: suppressed {drop}")
+        assert drop.harmful, drop  # harmful = the whole interval below zero: the attribute is detected less
 
 
 def test_a_negative_prompt_does_not_drop_it(textures):
