@@ -1,1 +1,2 @@
-"""The Gradio app: `python -m app.main` or `personalize app` (needs `pip install -e '.[app]'`)."""
+"""The app moved into the package (`personalize.app`) so that an installed copy carries it; `python -m app.main`
+from a checkout still starts it."""

@@ -77,14 +77,14 @@ def main() -> None:
 
     from diffusers import StableDiffusionPipeline
 
-    from personalize.components import TOYWORLD_DIR
+    from personalize.components import toyworld_dir
     from personalize.pipeline import load_pipeline
     from personalize.tiny import save_tiny_model
 
     if args.device == "cpu":
         torch.set_num_threads(1)  # steadier timings on a shared 2-core machine
     with tempfile.TemporaryDirectory() as tmp:
-        model = {"toyworld": TOYWORLD_DIR, None: None}.get(args.base, args.base)
+        model = {"toyworld": toyworld_dir(), None: None}.get(args.base, args.base)
         model = model or save_tiny_model(Path(tmp) / "tiny", ROOT / "tests" / "fixtures" / "clip_tokenizer", "sd1")
         dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
         plain = StableDiffusionPipeline.from_pretrained(str(model), local_files_only=True, safety_checker=None,

@@ -57,6 +57,13 @@ class Artifact:
     def triggers(self) -> list[str]:
         return list(self.embeddings)
 
+    def __repr__(self) -> str:
+        """One line (the tensors are summarized by count and size, not printed)."""
+        n = sum(t.numel() for t in [*self.embeddings.values(), *self.weights.values()])
+        return (f"Artifact({self.name!r}, method={self.method!r}, triggers={self.triggers}, kind={self.kind!r}, "
+                f"tensors={len(self.embeddings) + len(self.weights)} ({n:,} values), "
+                f"base_model={self.metadata.get('base_model', '?')!r}, path={self.path!r})")
+
 
 @dataclass
 class ArtifactContent:

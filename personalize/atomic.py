@@ -13,6 +13,13 @@ import torch
 from personalize.errors import PersonalizeError
 
 
+def _umask_mode() -> int:
+    """0666 minus the process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -22,6 +29,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; a finished file gets the mode open() would give it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -7,6 +7,8 @@ import sys
 
 from personalize.errors import PersonalizeError
 
+DEFAULT_GUIDANCE = {"toyworld": 5.0, "other": 7.5}  # SD's usual 7.5; the toy model is tuned at 5
+
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="batch generation: prompts x seeds -> PNGs, grid.png, results.jsonl")
@@ -19,7 +21,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help=f"classifier-free guidance (default {DEFAULT_GUIDANCE['other']}; the toy world "
+                        f"{DEFAULT_GUIDANCE['toyworld']}, what it was tuned for)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
@@ -80,6 +84,13 @@ def _add_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="the main job on the bundled toy world, in a few minutes on a CPU")
     p.add_argument("--out", default="outputs/quickstart", help="output folder (default outputs/quickstart)")
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--train-steps", type=int, default=None, help="DreamBooth steps (default: the measured 300)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train any method: --config configs/<method>.yaml [--a.b=value ...]")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML config (repeatable, later ones win); a bundled one by name: lora, toyworld/sude")
 
 
 def _add_app(sub) -> None:
@@ -93,12 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_config(sub)
     _add_quickstart(sub)
+    _add_train(sub)
     _add_app(sub)
     return parser
 
 
+def _no_loader_bars() -> None:
+    """--no-progress also hides the loaders' bars ("Loading pipeline components", "Loading weights")."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def cmd_generate(args) -> int:
+    from personalize.artifacts import load_artifact
     from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
+    from personalize.cpu import TOY_THREADS, configure_threads
     from personalize.dist import process_state
     from personalize.pipeline import load_pipeline
 
@@ -109,15 +132,21 @@ def cmd_generate(args) -> int:
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
     edits = _edits(args)  # bad options fail before the model loads
+    configure_threads(TOY_THREADS if args.base == "toyworld" else None)
+    artifacts = [load_artifact(path) for path in args.artifact]  # read once, before the model
+    prompts = fill_trigger(prompts, [t for a in artifacts for t in a.triggers])  # a bad '{}' fails here too
+    if args.no_progress:
+        _no_loader_bars()
     state = process_state()
-    pipe = load_pipeline(args.base, args.artifact, device=args.device or state.device, dtype=args.dtype,
+    pipe = load_pipeline(args.base, artifacts, device=args.device or state.device, dtype=args.dtype,
                          scheduler=args.scheduler, local_files_only=args.local_files_only,
                          safety_checker=args.safety_checker)
-    prompts = fill_trigger(prompts, [t for a in pipe.artifacts for t in a.triggers])
     pipe.check_edits(prompts, edits)  # every prompt, before the first image is written
+    guidance = DEFAULT_GUIDANCE["toyworld" if args.base == "toyworld" else "other"] \
+        if args.guidance_scale is None else args.guidance_scale
     records = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
-        negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=guidance,
         height=args.height, width=args.width, edits=edits,
     )
     if state.is_main_process:
@@ -137,48 +166,71 @@ def cmd_convert(args) -> int:
 def cmd_config(args) -> int:
     from personalize.config import dump_config, load_config
 
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    from personalize.methods import parse_options
+
+    cfg = load_config(args.config, args.overrides)
+    parse_options(cfg.method.get("name"), cfg.method)  # the method's keys, checked as training checks them
+    print(dump_config(cfg), end="")
     return 0
 
 
 def cmd_quickstart(args) -> int:
-    from personalize.toyworld.quickstart import run
+    from personalize.cpu import TOY_THREADS, configure_threads
+    from personalize.toyworld.quickstart import examples_dir, run
 
-    report = run(args.out, args.seeds)
+    if args.seeds < 1 or (args.train_steps is not None and args.train_steps < 1):
+        raise PersonalizeError("--seeds and --train-steps must be >= 1")
+    configure_threads(TOY_THREADS)
+    overrides = {} if args.train_steps is None else {"max_train_steps": args.train_steps}
+    report = run(args.out, args.seeds, overrides)
     print(report.read_text())
     artifact = next(report.parent.glob("train/*.safetensors"))
     print(f"""Written: {report.parent}/samples.png, subject.png, report.md
 
 Next:
   personalize generate --artifact {artifact} --seeds 0-7 --out outputs/sks \\
-      --prompt "a small sks on a black background" --guidance-scale 5
-  accelerate launch training/train.py --config configs/lora.yaml \\
-      --data.instance_data_dir=assets/examples/outlined-circle --data.instance_prompt=null""")
+      --prompt "a photo of a smiling sks person wearing glasses on a gray background"
+  personalize train --config configs/lora.yaml --data.instance_data_dir={examples_dir()} \\
+      --data.instance_prompt="a photo of a sks person" --train.validation_prompt="a photo of a smiling sks person" \\
+      --train.output_dir=outputs/lora-person
+  personalize app --artifacts-dir {report.parent}""")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """The loop (personalize.trainer.train) on the merged config; under `accelerate launch` one per process."""
+    import logging
+
+    from personalize.config import load_config
+    from personalize.cpu import TOY_THREADS, configure_threads
+    from personalize.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    configure_threads(TOY_THREADS if cfg.model.pretrained == "toyworld" else None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = train(cfg)
+    if result.artifact is not None:
+        print(result.artifact)
     return 0
 
 
 def cmd_app(args) -> int:
-    """The app lives in the source tree's `app/` (beside this package), as `python -m app.main` runs it."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "app" / "main.py").is_file():
-        raise PersonalizeError(f"the app is not here: {root / 'app'} is missing (it ships with the source checkout)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from app.main import main as app_main
+    from personalize.app.main import main as app_main
 
     return app_main(args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from personalize.quiet import quiet
+
+    quiet()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("config", "app"):
+    if rest and args.command not in ("config", "app", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
     handlers = {"generate": cmd_generate, "convert": cmd_convert, "config": cmd_config,
-                "quickstart": cmd_quickstart, "app": cmd_app}
+                "quickstart": cmd_quickstart, "train": cmd_train, "app": cmd_app}
     try:
         return handlers[args.command](args)
     except PersonalizeError as err:

@@ -22,7 +22,6 @@ import torch
 
 from personalize.errors import PersonalizeError
 
-TOYWORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -56,15 +55,24 @@ class Components:
         }
 
 
+def toyworld_dir() -> Path:
+    """The bundled toy model's folder (personalize.resources: checkout, installed copy or $PERSONALIZE_DATA)."""
+    from personalize.resources import asset
+
+    return asset("toyworld")
+
+
 def resolve_pretrained(pretrained: str) -> tuple[str, str]:
     """Classify `pretrained` -> (kind, location) with kind in folder|single_file|hub."""
     if pretrained == "toyworld":
-        if not (TOYWORLD_DIR / "model_index.json").is_file():
+        toy = toyworld_dir()
+        if not (toy / "model_index.json").is_file():
             raise ComponentsError(
-                f"model.pretrained='toyworld' needs the bundled model in {TOYWORLD_DIR}, which is not there yet "
-                "(it is built by training/toyworld.py); pass a diffusers folder, a hub id or a .safetensors file"
+                f"model.pretrained='toyworld' needs the bundled model in {toy}, which is not there (a checkout "
+                "builds it with training/toyworld.py; an installed package carries it, or set $PERSONALIZE_DATA); "
+                "pass a diffusers folder, a hub id or a .safetensors file"
             )
-        return "folder", str(TOYWORLD_DIR)
+        return "folder", str(toy)
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

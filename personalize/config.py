@@ -135,6 +135,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if value is False and key.endswith("mixed_precision"):
+            return "no"  # YAML 1.1 reads accelerate's/diffusers' spelling `no` as False
     else:
         return value
     raise ConfigError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
@@ -208,10 +210,29 @@ def parse_overrides(args: list[str]) -> dict:
     return diff
 
 
-def read_yaml(path: str | Path) -> dict:
+def find_config(path: str | Path) -> Path:
+    """`path` itself when it is a file; else, for a relative path, the bundled config of that name
+    (`configs/lora.yaml`, `lora.yaml` or `lora` -> <data root>/configs/lora.yaml; personalize.resources), so the
+    README's commands run from any folder with an installed package."""
     path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    from personalize.resources import config_file
+
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    for candidate in (config_file(*parts), config_file(*parts[:-1], parts[-1] + ".yaml")) if parts else ():
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = find_config(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        from personalize.resources import config_file
+
+        names = sorted(str(p.relative_to(config_file())) for p in config_file().rglob("*.yaml"))
+        raise ConfigError(f"config file not found: {path} (bundled configs: {', '.join(names) or 'none'})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

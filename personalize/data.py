@@ -46,12 +46,23 @@ class DataError(PersonalizeError):
 # ------------------------------------------------------------------------------------------- files
 
 
+def _bundled(folder: Path) -> Path:
+    """A relative `assets/examples/...` that is not here is the bundled example (personalize.resources), so the
+    toy configs and the README's commands run from any folder with an installed package."""
+    if folder.is_dir() or folder.is_absolute() or folder.parts[:2] != ("assets", "examples"):
+        return folder
+    from personalize.resources import asset
+
+    bundled = asset(*folder.parts[1:])
+    return bundled if bundled.is_dir() else folder
+
+
 def list_images(folder: str | Path | None, what: str = "data.instance_data_dir") -> list[Path]:
     """The images of a folder, sorted. Caption `.txt` files and hidden files are allowed beside them; any other
     file is an error (a `.heic` or `.gif` the user expects to train on must not be dropped silently)."""
     if folder is None:
         raise DataError(f"{what} is not set; expected a folder of png/jpg/jpeg/webp images")
-    folder = Path(folder).expanduser()
+    folder = _bundled(Path(folder).expanduser())
     if not folder.is_dir():
         raise DataError(f"{what}={str(folder)!r} is not a folder; expected a folder of png/jpg/jpeg/webp images")
     images, others = [], []
@@ -294,6 +305,7 @@ def generate_class_images(components, folder: str | Path, prompt: str, indices: 
     """Prior-preservation images (DreamBooth, Ruiz et al. 2023, sec. 3.3) made with the *base* model at its
     default guidance, image i from seed + i; each rank makes every world-th one; each file written atomically."""
     from diffusers import StableDiffusionPipeline
+    from tqdm.auto import tqdm
 
     from personalize.atomic import atomic_path
 
@@ -301,7 +313,8 @@ def generate_class_images(components, folder: str | Path, prompt: str, indices: 
         raise DataError("data.class_prompt is needed to generate class images for prior preservation")
     pipe = StableDiffusionPipeline(**components.as_pipeline_kwargs()).to(device)
     pipe.set_progress_bar_config(disable=True)
-    for i in indices[rank::world]:
+    mine = indices[rank::world]
+    for i in tqdm(mine, desc=f"class images ({prompt!r})", disable=rank != 0 or not mine):
         gen = torch.Generator().manual_seed(seed + i)
         image = pipe(prompt, num_inference_steps=steps, generator=gen).images[0]
         with atomic_path(Path(folder) / f"class-{i:05d}.png") as tmp:

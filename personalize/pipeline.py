@@ -20,6 +20,7 @@ the stock diffusers call in turn, and stores what each describes in the image se
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ import torch
 from personalize.artifacts import Artifact, ArtifactError, load_artifact
 from personalize.components import Components, load_components
 from personalize.errors import PersonalizeError
+
+logger = logging.getLogger(__name__)
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
@@ -60,6 +63,13 @@ class Edit(Protocol):
     def label(self) -> str: ...
 
 
+# diffusers scheduler class -> the sampler name AUTOMATIC1111 writes (and reads back) in `parameters`
+A1111_SAMPLERS = {"DDIMScheduler": "DDIM", "EulerDiscreteScheduler": "Euler",
+                  "EulerAncestralDiscreteScheduler": "Euler a", "DPMSolverMultistepScheduler": "DPM++ 2M",
+                  "UniPCMultistepScheduler": "UniPC", "PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS",
+                  "DDPMScheduler": "DDPM"}
+
+
 @dataclass
 class GeneratedImage:
     image: "object"  # PIL.Image.Image
@@ -75,7 +85,8 @@ class GeneratedImage:
         text = s["prompt"] + "\n"
         if s.get("negative_prompt"):
             text += f"Negative prompt: {s['negative_prompt']}\n"
-        text += f"Steps: {s['steps']}, CFG scale: {s['guidance_scale']}, Seed: {s['seed']}, "
+        sampler = A1111_SAMPLERS.get(s.get("scheduler"), s.get("scheduler"))
+        text += f"Steps: {s['steps']}, Sampler: {sampler}, CFG scale: {s['guidance_scale']}, Seed: {s['seed']}, "
         text += f"Size: {s['width']}x{s['height']}, Model: {s['base']}"
         text += "".join(f", {label}" for label in self.labels if label)
         info.add_text("parameters", text)
@@ -125,6 +136,7 @@ class Pipeline:
         self.sd = sd_pipe  # the stock diffusers StableDiffusionPipeline
         self.base = base
         self._applied: list[_Applied] = []
+        self._toy_words: set[str] | None = None  # the toy world's vocabulary, read once (prompt_hint)
 
     @property
     def width(self) -> int:
@@ -181,6 +193,18 @@ class Pipeline:
     def set_scheduler(self, name: str) -> None:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
 
+    def prompt_hint(self, prompts: list[str]) -> str | None:
+        """On the toy world: one line naming the words of `prompts` it never saw (None when all are known, and
+        always on other bases)."""
+        if self.base != "toyworld":
+            return None
+        from personalize.toyworld import vocabulary
+
+        self._toy_words = self._toy_words or vocabulary.vocabulary()
+        triggers = [t for a in self.artifacts for t in a.triggers]
+        unknown = [u for p in prompts for u in vocabulary.unknown_words(p, self._toy_words, triggers)]
+        return vocabulary.hint_for(list(dict.fromkeys(unknown)))
+
     def check_edits(self, prompts: list[str], edits: Sequence[Edit]) -> None:
         """Raise the first edit's error for a prompt it cannot apply to (every prompt, before any image)."""
         for e in edits:
@@ -235,6 +259,9 @@ class Pipeline:
         seeds = per_prompt * len(prompts)
         edits = list(edits) + ([_suppress_edit(suppress, suppress_mode, suppress_options)] if suppress else [])
         self.check_edits(prompts, edits)
+        hint = self.prompt_hint(prompts)
+        if hint:
+            logger.warning("note: %s", hint)
         # CPU generators, as diffusers recommends for reproducibility: a seed gives the same starting noise
         # on every device (A1111's "CPU" RNG source); diffusers moves the noise to the model's device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -308,14 +335,15 @@ def live_pipeline(comps: Components) -> Pipeline:
     return Pipeline(sd, comps.source)
 
 
-def load_pipeline(base: str = "toyworld", artifacts: list[str | Path] = (), device=None, dtype=None,
+def load_pipeline(base: str = "toyworld", artifacts: list[str | Path | Artifact] = (), device=None, dtype=None,
                   scheduler: str | None = None, safety_checker: bool = False,
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
     from personalize.methods import record_for_artifact
 
     device, dtype = _pick(device, dtype)
-    arts = [load_artifact(path) for path in artifacts]  # fail on a bad file before the slow model load
+    arts = [a if isinstance(a, Artifact) else load_artifact(a) for a in artifacts]  # bad files fail before the
+    # slow model load
     for art in arts:
         record_for_artifact(art)
     comps = load_components(base, local_files_only=local_files_only, single_file_config=single_file_config,

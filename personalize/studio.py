@@ -1,6 +1,6 @@
 """What the app does, without any UI: list the artifacts of a folder, generate with a chosen set, save, upload.
 
-The Gradio app (`app/ui.py`) only lays out controls and calls a `Studio`; everything here is plain Python, so
+The Gradio app (`personalize/app/ui.py`) only lays out controls and calls a `Studio`; everything here is plain Python, so
 it is tested without a browser and usable from a notebook:
 
     studio = Studio(load_pipeline("toyworld"), "embeddings/", "outputs/app")
@@ -37,6 +37,9 @@ class Entry:
     base_model: str = "?"
     usable: bool = True
     reason: str = ""
+    rel: str = ""  # the path relative to the artifacts folder: what tells two `dreambooth.safetensors` apart
+    modified: str = ""  # the file's date, YYYY-MM-DD HH:MM
+    trained_on: str = ""  # for a file without trigger words: the prompt or caption it was trained with
 
     @property
     def name(self) -> str:
@@ -44,19 +47,32 @@ class Entry:
 
     @property
     def label(self) -> str:
-        words = ", ".join(self.triggers) or "no trigger word"
-        text = f"{self.name} | {self.method} | {words} | base: {self.base_model}"
+        words = ", ".join(self.triggers) or (f"prompt: {self.trained_on!r}" if self.trained_on else "no trigger word")
+        text = f"{self.rel or self.name} | {self.method} | {words} | base: {self.base_model}"
+        text += f" | {self.modified}" if self.modified else ""
         return text if self.usable else f"{text} | unusable: {self.reason}"
 
 
-def describe(path: Path, width: int) -> Entry:
+def trained_on(art) -> str:
+    """The instance prompt (or first caption) an artifact's training used, from its `config` metadata."""
+    try:
+        data = json.loads(art.metadata.get("config") or "{}").get("data") or {}
+    except (ValueError, AttributeError):
+        return ""
+    return data.get("instance_prompt") or art.metadata.get("example_caption") or ""
+
+
+def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
     """Read a file's metadata (ours or third-party) and check it against a text encoder of `width`."""
+    rel = str(path.relative_to(folder)) if folder is not None else path.name
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)) if path.exists() else ""
     try:
         art = load_artifact(path)
     except ArtifactError as err:
-        return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""))
+        return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""), rel=rel, modified=stamp)
     base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
-    entry = Entry(str(path), art.method, art.triggers, base)
+    entry = Entry(str(path), art.method, art.triggers, base, rel=rel, modified=stamp,
+                  trained_on="" if art.triggers else trained_on(art))
     try:
         check_width(art, width)
     except ArtifactError as err:
@@ -72,7 +88,7 @@ def scan_artifacts(folder: str | Path, width: int) -> list[Entry]:
         return []
     files = [p for p in sorted(folder.rglob("*.safetensors"))
              if p.is_file() and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
-    return [describe(p, width) for p in files]
+    return [describe(p, width, folder) for p in files]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -165,4 +181,5 @@ class Studio:
             return ""
         seeds = ", ".join(str(g.settings["seed"]) for g in images)
         settings = {k: v for k, v in images[0].settings.items() if k not in ("prompt", "seed")}
-        return f"seeds: {seeds}\n{json.dumps(settings, sort_keys=True)}"
+        hint = self.pipe.prompt_hint(list(dict.fromkeys(g.settings["prompt"] for g in images)))
+        return (f"note: {hint}\n" if hint else "") + f"seeds: {seeds}\n{json.dumps(settings, sort_keys=True)}"

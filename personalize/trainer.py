@@ -131,11 +131,24 @@ def default_validation_images(pipe, prompt: str, seeds: list[int], steps: int) -
     return [g.image for g in pipe.generate(prompt, seed=seeds, steps=steps)]
 
 
+def _example_caption(folder) -> str:
+    """The first image's caption (its .txt), shown by the app for artifacts without a trigger word."""
+    from personalize.data import list_images, read_caption
+
+    try:
+        caption = read_caption(list_images(folder)[0], "")
+    except (PersonalizeError, IndexError, OSError):
+        return ""
+    return caption if isinstance(caption, str) else ""
+
+
 def write_artifact(method, components, config) -> Path:
     from personalize.artifacts import save_content
     from personalize.config import config_json
 
     content = method.artifact()
+    if not content.embeddings and not config.data.instance_prompt:  # no trigger word: say what it was trained on
+        content.metadata.setdefault("example_caption", _example_caption(config.data.instance_data_dir))
     path = Path(config.train.output_dir) / f"{content.name}.safetensors"
     return save_content(path, config.method["name"], components.source, content, config_json(config))
 
@@ -165,6 +178,22 @@ class _Run:
     step: int
 
 
+def _toyworld_note(config) -> None:
+    """A config written for a real model (prompts of dogs) run on the default toy world: say so, once."""
+    if config.model.pretrained != "toyworld":
+        return
+    from personalize.toyworld import vocabulary
+
+    known = vocabulary.vocabulary()
+    prompts = [config.data.instance_prompt, config.data.class_prompt, config.train.validation_prompt]
+    trigger = ["sks"] + [str(v) for k, v in config.method.items() if k in ("placeholder_token", "modifier_token")]
+    unknown = [u for p in prompts if p for u in vocabulary.unknown_words(p.replace("{}", ""), known, trigger)]
+    if unknown:
+        logger.warning("note: training on the toy world (model.pretrained=toyworld, the default), whose prompts "
+                       "never use %s; a config for a real model needs --model.pretrained=path/to/sd15",
+                       ", ".join(repr(u) for u in dict.fromkeys(unknown)))
+
+
 def _setup(config, registry: dict | None) -> _Run:
     """Everything before the first step: checks first, then model, method, optimizer, resume."""
     from accelerate.utils import set_seed
@@ -174,6 +203,7 @@ def _setup(config, registry: dict | None) -> _Run:
 
     train_cfg = config.train
     check_train_config(train_cfg)
+    _toyworld_note(config)
     method = build_method(config, registry or REGISTRY)  # options and data checked before anything is loaded
     accelerator = make_accelerator(train_cfg)
     resume = resolve_resume(train_cfg.resume_from_checkpoint, train_cfg.output_dir)

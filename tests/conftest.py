@@ -4,6 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from personalize.cpu import TOY_THREADS, configure_threads
+
+configure_threads(TOY_THREADS)  # tiny models: one thread is faster than two here (benchmarks/bench_threads.py)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_DIR = FIXTURES / "clip_tokenizer"
 

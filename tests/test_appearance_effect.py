@@ -10,6 +10,8 @@ Identity 45 is an easy one: over all 16 held-out identities (seed 1) the mean is
 
 import statistics
 
+import pytest
+
 from personalize.toyworld import appearance
 from personalize.toyworld.judge import Judge
 
@@ -27,6 +29,7 @@ def test_photos_are_of_the_identity_and_carry_no_caption(tmp_path):
     assert appearance.identity_match(judge, images, appearance.IDENTITIES[6]) == 0.0
 
 
+@pytest.mark.effect  # minutes: three textual-inversion trainings
 def test_textual_inversion_reaches_a_held_out_identity(tmp_path):
     """Mean over 3 training seeds >= 0.60 (the issue's acceptance; measured 1.00 on these seeds, the lowest
     single seed of five 0.81), and the base prompts never draw the identity by chance."""

@@ -68,8 +68,9 @@ def test_hub_route_uses_cache_first(monkeypatch, tiny_sd1):
 
 
 def test_toyworld_missing_is_clear(monkeypatch, tmp_path):
-    monkeypatch.setattr(components, "TOYWORLD_DIR", tmp_path / "toyworld")
-    with pytest.raises(ComponentsError, match="toyworld"):
+    (tmp_path / "assets").mkdir()
+    monkeypatch.setenv("PERSONALIZE_DATA", str(tmp_path))  # a data folder without the toy model
+    with pytest.raises(ComponentsError, match=r"toyworld.*PERSONALIZE_DATA"):
         load_components("toyworld")
 
 

@@ -69,8 +69,8 @@ def test_an_edit_gives_the_other_prompts_images_settings_and_label(pipe_sd1, tin
     assert settings["other_prompt"] == "a cat" and settings["prompt"] == "a dog" and settings["seed"] == 4
     assert {k: v for k, v in settings.items() if k != "other_prompt"} == dog[1].settings
     text = edited[0].pnginfo().chunks[0][1].decode()
-    assert text == (f"parameters\x00a dog\nSteps: 3, CFG scale: 7.5, Seed: 3, Size: 16x16, Model: {tiny_sd1}, "
-                    "Other prompt: a cat")
+    assert text == ("parameters\x00a dog\nSteps: 3, Sampler: DDIM, CFG scale: 7.5, Seed: 3, Size: 16x16, "
+                    f"Model: {tiny_sd1}, Other prompt: a cat")
 
 
 def test_cleanup_runs_when_the_call_raises(pipe_sd1):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from personalize.components import TOYWORLD_DIR
+from personalize.components import toyworld_dir
+
+TOYWORLD_DIR = toyworld_dir()
 from personalize.toyworld import world as w
 from personalize.toyworld.evaluate import ACCEPTANCE, SUITES, evaluate, load_stock_pipeline
 from personalize.toyworld.judge import HEADS, Judge, scene_targets
@@ -94,12 +96,21 @@ def test_the_model_draws_what_it_is_asked(stock_pipe, judge, suite):
 
 
 def test_quickstart_writes_grids_and_a_report(tmp_path):
-    from personalize.toyworld import quickstart
-
-    report = quickstart.run(tmp_path / "qs", seeds=1, train_overrides={"max_train_steps": 20})
-    text = report.read_text()
-    assert "| outline (not in the prompt) |" in text and "dreambooth" in text
+    """The job's files (the rates themselves are measured in docs/effects.md): labelled, enlarged grids and a
+    report with both columns and every prompt. The shipped photos are the identity's own renders."""
     from PIL import Image
 
-    assert Image.open(tmp_path / "qs" / "samples.png").size == (32, 32 * len(quickstart.SAMPLE_PROMPTS))
-    assert Image.open(tmp_path / "qs" / "subject.png").size == (32, 32 * 2 * len(quickstart.NEW_PROMPTS))
+    from personalize.toyworld import quickstart
+
+    lines = []
+    report = quickstart.run(tmp_path / "qs", seeds=1, train_overrides={"max_train_steps": 5}, say=lines.append)
+    text = report.read_text()
+    assert "| the person (all 4 traits) |" in text and "| follows the prompt |" in text
+    assert all(f"`{p.format('sks ')}`" in text for p in quickstart.NEW_PROMPTS)
+    assert [line[:5] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    cell, label = 32 * 3, 14  # cells enlarged 3x (nearest), a label line above each row
+    assert Image.open(tmp_path / "qs" / "samples.png").size == (cell, (cell + label) * len(quickstart.SAMPLE_PROMPTS))
+    assert Image.open(tmp_path / "qs" / "subject.png").size == (3 * cell, (cell + label) * (1 + len(quickstart.NEW_PROMPTS)))
+    shipped = sorted(quickstart.examples_dir().glob("*.png"))
+    fresh = sorted(quickstart.write_examples(tmp_path / "photos").glob("*.png"))
+    assert [p.read_bytes() for p in shipped] == [p.read_bytes() for p in fresh]

@@ -47,20 +47,20 @@ def test_finetune_stage_keeps_the_vae_and_continues_the_shipped_model(tmp_path):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from personalize.components import TOYWORLD_DIR
+    from personalize.components import toyworld_dir
 
     ship = tmp_path / "ship"
-    run = subprocess.run([sys.executable, str(ROOT / "training" / "toyworld.py"), "--finetune-from", str(TOYWORLD_DIR),
+    run = subprocess.run([sys.executable, str(ROOT / "training" / "toyworld.py"), "--finetune-from", str(toyworld_dir()),
                           "--work", str(tmp_path / "work"), "--ship", str(ship), "--n-images", "64",
                           "--unet-steps", "0", "--threads", "1"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "fine-tuning from" in run.stdout
-    new, old = (StableDiffusionPipeline.from_pretrained(str(p), local_files_only=True) for p in (ship, TOYWORLD_DIR))
+    new, old = (StableDiffusionPipeline.from_pretrained(str(p), local_files_only=True) for p in (ship, toyworld_dir()))
     assert new.vae.config.scaling_factor == old.vae.config.scaling_factor
     import json
 
     assert json.loads((ship / "vae" / "config.json").read_text()) == json.loads(
-        (TOYWORLD_DIR / "vae" / "config.json").read_text())  # the same config, no path recorded
+        (toyworld_dir() / "vae" / "config.json").read_text())  # the same config, no path recorded
     for a, b in ((new.unet, old.unet), (new.text_encoder, old.text_encoder), (new.vae, old.vae)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -72,7 +72,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, tiny_sd1, capsys, k
     out = tmp_path / "out"
     assert _main()(_args(tiny_sd1, folder, out, *extra)) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("personalize train: error: ") and message in err
     assert not out.exists()
 
 

@@ -251,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from personalize.cpu import TOY_THREADS, configure_threads
     from personalize.errors import PersonalizeError
 
+    configure_threads(TOY_THREADS)
     ap = argparse.ArgumentParser(prog="python -m personalize.toyworld.effects",
                                  description="Measure a regularizer's toy-world effect over training seeds.")
     ap.add_argument("config", help="a config with method.base, e.g. configs/toyworld/classdiffusion.yaml")

@@ -166,11 +166,13 @@ def load_stock_pipeline(model: str):
 
 
 def main() -> None:
-    from personalize.components import TOYWORLD_DIR
+    from personalize.components import toyworld_dir
+    from personalize.cpu import TOY_THREADS, configure_threads
     from personalize.toyworld.judge import Judge
 
+    configure_threads(TOY_THREADS)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(TOYWORLD_DIR))
+    parser.add_argument("--model", default=str(toyworld_dir()))
     parser.add_argument("--judge", default="b", help='"b" (the evaluator), "a", or a judge folder')
     parser.add_argument("--per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)

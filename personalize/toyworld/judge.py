@@ -140,9 +140,9 @@ class Judge:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        from personalize.components import TOYWORLD_DIR
+        from personalize.resources import asset
 
-        folder = Path(TOYWORLD_DIR.parent / FOLDERS[folder] if folder in FOLDERS else folder)
+        folder = Path(asset(FOLDERS[folder]) if folder in FOLDERS else folder)
         path = folder / "judge.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"no judge at {path}: expected a folder written by training/toyworld_judge.py")

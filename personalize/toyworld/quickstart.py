@@ -1,107 +1,152 @@
 """`personalize quickstart`: the main job on the toy world, in a few minutes on a laptop CPU.
 
-1. a sample grid from the toy model;
-2. personalize the subject in assets/examples/ (a yellow circle with an outline: the prompts never ask for
-   the outline, so only what the learned token keeps can bring it back);
-3. the subject in new prompts, with the judge's scores against the base model's, in a markdown report;
-4. the next commands to try.
+1. a sample grid from the toy model (`samples.png`, one labelled row per prompt);
+2. a new person: 3 photos of a face identity the toy model never saw (`assets/examples/new-person`), learned
+   with DreamBooth as "sks person";
+3. that person in prompts the photos never show (smiling, surprised, a hat, glasses, other backgrounds), next
+   to what the base model draws for the same prompt without "sks" (`subject.png`);
+4. `report.md`: per Judge B (the evaluator), how often the images are that person (all four identity traits:
+   face shape, skin, hair color, hair style) and follow the prompt, personalized against the base model.
+
+The settings (3 photos, lr 1e-4, 300 steps) were chosen on identities 27 and 63 with training seeds 1-2; the
+rates they give on other identities and seeds are measured in docs/effects.md ("Quickstart").
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from personalize.toyworld import world as w
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-EXAMPLES_DIR = ROOT / "assets" / "examples" / "outlined-circle"
-SUBJECT = w.Obj("circle", "yellow", "large", "plain", outline=True)
-SAMPLE_PROMPTS = ["a large red circle on a white background", "a small blue square on a black background",
-                  "a green triangle with stripes on a pink background", "a purple cross with dots",
-                  "a red circle and a blue triangle on a gray background",
+IDENTITY = 90  # held out from the toy model's training (world.HELD_OUT_IDENTITIES); chosen before measuring
+PHOTO_BACKGROUNDS = ["blue", "white", "green"]
+SAMPLE_PROMPTS = ["a large red circle on a white background", "a small blue square with stripes on a black background",
+                  "a green triangle with dots on a pink background", "a red circle and a blue triangle",
                   "a photo of a smiling person wearing glasses on a blue background",
-                  "a photo of a surprised person on a green background",
-                  "a photo of a neutral person wearing a hat on a gray background"]
-# new contexts: the examples are all large and plain
-NEW_PROMPTS = {"a small sks on a black background": {"size": "small"},
-               "a small sks on a pink background": {"size": "small"},
-               "a large sks with stripes on a gray background": {"texture": "stripes"},
-               "a large sks with dots on a white background": {"texture": "dots"}}
-BASE_PROMPTS = [p.replace("sks", "yellow circle") for p in NEW_PROMPTS]
-# the method the quickstart personalizes with; the best available one (see assets/toyworld/README.md)
-METHOD = {"name": "dreambooth"}
-TRAIN = {"learning_rate": 1e-4, "max_train_steps": 150, "train_batch_size": 4}
+                  "a photo of a surprised person with long black hair on a green background"]
+NEW_PROMPTS = {  # prompt with {} for "sks " (personalized) or "" (base) -> what the judge should see
+    "a photo of a smiling {}person on a green background": {"expression": "smiling", "face_background": "green"},
+    "a photo of a surprised {}person wearing a hat": {"expression": "surprised", "accessory": "hat"},
+    "a photo of a {}person wearing glasses on a white background": {"accessory": "glasses",
+                                                                    "face_background": "white"},
+    "a portrait of a neutral {}person on a gray background": {"expression": "neutral", "face_background": "gray"},
+}
+TRAIN = {"learning_rate": 1e-4, "max_train_steps": 300, "train_batch_size": 1}
+INSTANCE_PROMPT = "a photo of a sks person"
 
 
-def write_examples(folder: Path = EXAMPLES_DIR, n: int = 5, seed: int = 0) -> Path:
-    """The example subject: n renders on different backgrounds, each with a `.txt` caption naming 'sks'."""
-    rng = random.Random(seed)
+def examples_dir() -> Path:
+    from personalize.resources import asset
+
+    return asset("examples", "new-person")
+
+
+def write_examples(folder: str | Path, identity: int = IDENTITY) -> Path:
+    """The subject's photos: one per PHOTO_BACKGROUNDS, neutral, no accessory, no caption files."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, bg in enumerate((["white", "gray", "pink", "black", "white"] * 2)[:n]):
-        scene = w.Scene("object", bg, [SUBJECT], jitter=(rng.randint(-2, 2), rng.randint(-2, 2)))
-        w.render(scene).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"a large sks on a {bg} background\n")
+    for i, bg in enumerate(PHOTO_BACKGROUNDS):
+        w.render(w.Scene("face", bg, identity=identity)).save(folder / f"{i}.png")
     return folder
 
 
-def subject_scores(judge, images, seeds: int) -> dict[str, float]:
-    """How much of the subject the images keep (shape, color, the outline no prompt asks for), and how often they
-    follow the new prompt (size or texture). Images are in prompt-major order, `seeds` per prompt."""
+def subject_scores(judge, images, per_prompt: int, identity: int = IDENTITY) -> dict[str, float]:
+    """Fractions of images that are the person (all four identity traits) and that follow their prompt (every
+    asked attribute); images in prompt-major order, `per_prompt` each."""
+    parts = w.identity_parts(identity)
     preds = judge.predict(images)
-    asked = [e for e in NEW_PROMPTS.values() for _ in range(seeds)]
-    n = len(preds)
-    return {"circle": sum(p.get("shape") == "circle" for p in preds) / n,
-            "yellow": sum(p.get("color") == "yellow" for p in preds) / n,
-            "outline (not in the prompt)": sum(p.get("outline") == "yes" for p in preds) / n,
-            "follows the prompt": sum(all(p.get(k) == v for k, v in e.items()) for p, e in zip(preds, asked)) / n}
+    asked = [e for e in NEW_PROMPTS.values() for _ in range(per_prompt)]
+    person = [all(p.get(k) == v for k, v in parts.items()) for p in preds]
+    follows = [all(p.get(k) == v for k, v in e.items()) for p, e in zip(preds, asked)]
+    return {"the person (all 4 traits)": sum(person) / len(preds), "follows the prompt": sum(follows) / len(preds),
+            "both": sum(a and b for a, b in zip(person, follows)) / len(preds)}
 
 
-def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides: dict | None = None) -> Path:
-    from personalize.batch import make_grid
+def labelled_grid(rows: list[list], labels: list[str], scale: int = 3):
+    """Rows of equal-size images, each cell enlarged `scale` x (nearest: the toy world's pixels stay crisp),
+    the row's label above it."""
+    from PIL import Image, ImageDraw
+
+    cw, ch = (d * scale for d in rows[0][0].size)
+    cols, line = max(len(r) for r in rows), 14
+    grid = Image.new("RGB", (cols * cw, len(rows) * (ch + line)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (images, label) in enumerate(zip(rows, labels)):
+        y = r * (ch + line)
+        draw.text((2, y + 1), label, fill="black")
+        for c, im in enumerate(images):
+            grid.paste(im.resize((cw, ch), Image.Resampling.NEAREST), (c * cw, y + line))
+    return grid
+
+
+def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides: dict | None = None,
+        say=print) -> Path:
+    """The whole job; `say` gets one line per stage. Returns the report's path."""
     from personalize.config import load_config
     from personalize.pipeline import load_pipeline
     from personalize.toyworld.judge import Judge
     from personalize.trainer import train
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline("toyworld", device="cpu")
-    judge = Judge.load("b")  # the evaluator
+    photos = examples_dir()
+    say(f"[1/4] the toy model draws {len(SAMPLE_PROMPTS)} prompts -> {out / 'samples.png'}")
+    pipe, judge = load_pipeline("toyworld", device="cpu"), Judge.load("b")  # Judge B: the evaluator
 
     def gen(prompts: list[str]) -> list:
         return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, steps=25, guidance_scale=5.0)]
 
-    make_grid(gen(SAMPLE_PROMPTS), seeds).save(out / "samples.png")
-    base_images = gen(BASE_PROMPTS)
-    cfg = load_config([], {"data": {"instance_data_dir": str(EXAMPLES_DIR)},
+    samples = gen(SAMPLE_PROMPTS)
+    rows = [samples[k * seeds:(k + 1) * seeds] for k in range(len(SAMPLE_PROMPTS))]
+    out.mkdir(parents=True, exist_ok=True)
+    labelled_grid(rows, SAMPLE_PROMPTS).save(out / "samples.png")
+    base = gen([p.format("") for p in NEW_PROMPTS])
+    steps = (train_overrides or {}).get("max_train_steps", TRAIN["max_train_steps"])
+    say(f"[2/4] DreamBooth learns the person in {photos} ({len(list(photos.glob('*.png')))} photos, {steps} steps)")
+    cfg = load_config([], {"data": {"instance_data_dir": str(photos), "instance_prompt": INSTANCE_PROMPT},
                            "train": {"output_dir": str(out / "train"), "report_to": "none",
-                                     "checkpointing_steps": 10_000} | TRAIN | (train_overrides or {}),
-                           "method": METHOD})
+                                     "checkpointing_steps": 100_000} | TRAIN | (train_overrides or {}),
+                           "method": {"name": "dreambooth"}})
     artifact = train(cfg).artifact
+    say(f"[3/4] the person in {len(NEW_PROMPTS)} new prompts, next to the base model -> {out / 'subject.png'}")
     pipe.add_artifact(str(artifact))
-    tuned_images = gen(list(NEW_PROMPTS))
-    make_grid(base_images + tuned_images, seeds).save(out / "subject.png")
-    base, tuned = subject_scores(judge, base_images, seeds), subject_scores(judge, tuned_images, seeds)
-    report = _report(artifact, base, tuned, seeds)
-    (out / "report.md").write_text(report)
+    tuned = gen([p.format("sks ") for p in NEW_PROMPTS])
+    _subject_grid(photos, base, tuned, seeds).save(out / "subject.png")
+    say(f"[4/4] Judge B scores both -> {out / 'report.md'}")
+    scores = subject_scores(judge, base, seeds), subject_scores(judge, tuned, seeds)
+    (out / "report.md").write_text(_report(artifact, photos, *scores, seeds))
     return out / "report.md"
 
 
-def _report(artifact: Path, base: dict, tuned: dict, seeds: int) -> str:
+def _subject_grid(photos: Path, base: list, tuned: list, seeds: int):
+    from PIL import Image
+
+    rows = [[Image.open(p).convert("RGB") for p in sorted(photos.glob("*.png"))]]
+    labels = ["the 3 photos it learns from (identity never seen by the toy model)"]
+    for k, prompt in enumerate(NEW_PROMPTS):
+        rows.append(base[k * seeds:(k + 1) * seeds] + tuned[k * seeds:(k + 1) * seeds])
+        labels.append(f"{prompt.format('[sks] ')}   (left: base, right: personalized)")
+    return labelled_grid(rows, labels)
+
+
+def _report(artifact: Path, photos: Path, base: dict, tuned: dict, seeds: int) -> str:
     rows = "\n".join(f"| {k} | {base[k]:.2f} | {tuned[k]:.2f} |" for k in base)
+    prompts = "\n".join(f"- `{p.format('sks ')}` (base: `{p.format('')}`)" for p in NEW_PROMPTS)
     return f"""# personalize quickstart (toy world)
 
-- `samples.png`: the toy model, {len(SAMPLE_PROMPTS)} prompts x {seeds} seeds.
-- `subject.png`: top rows "... yellow circle ..." from the base model; bottom rows the same prompts with "sks"
-  after {METHOD['name']} on the 5 images of `assets/examples/outlined-circle` (artifact `{artifact}`).
-  The prompts ask for what the examples never show: a small size, stripes, dots.
+- `samples.png`: the toy model, {len(SAMPLE_PROMPTS)} prompts x {seeds} seeds (one labelled row each).
+- `subject.png`: the 3 photos of a person the toy model never saw (`{photos}`), then per new prompt {seeds}
+  images from the base model (left, the prompt without "sks") and {seeds} after DreamBooth (right, artifact
+  `{artifact}`).
 
-The subject is a yellow circle with an outline. The prompts do not ask for the outline ("with an outline"
-would), so the base model draws one only out of habit; the learned subject should keep it. Fraction of
-{len(NEW_PROMPTS) * seeds} images with each property, per the toy world's Judge B (the evaluator):
+Prompts (none of them shows the person smiling, surprised, in a hat or glasses, or on gray or green):
+{prompts}
 
-| property | base model ("yellow circle") | personalized ("sks") |
+Fraction of the {len(NEW_PROMPTS) * seeds} images per column, per the toy world's Judge B (the evaluator; "the
+person" = face shape, skin, hair color and hair style all the photos'; by chance about 1 in 144):
+
+| | base model | personalized |
 |---|---|---|
 {rows}
+
+Over training seeds and other identities these settings give what docs/effects.md ("Quickstart") reports.
 """

@@ -12,6 +12,22 @@ import gradio as gr
 from personalize.errors import PersonalizeError
 
 SUPPRESS_MODES = ["off", "swr", "swr+ito"]
+EXAMPLES = {  # prompts the base understands: the toy world's grammar, or everyday SD prompts
+    "toyworld": ["a small red triangle with stripes on a black background",
+                 "a photo of a smiling person wearing glasses on a blue background",
+                 "a blue circle and a yellow square on a pink background"],
+    "other": ["a photo of a dog on the beach, golden hour", "a watercolor painting of a lighthouse at dusk"],
+}
+SHOW_MIN_SIDE = 256  # smaller images (the toy world's 32 px) are enlarged for display, nearest-neighbour
+
+
+def shown(image):
+    """`image` enlarged by a whole factor with nearest-neighbour when its short side is under SHOW_MIN_SIDE,
+    so 32 px pixels stay crisp instead of the browser's blur; saved PNGs are the generated images."""
+    from PIL import Image
+
+    k = -(-SHOW_MIN_SIDE // min(image.size))
+    return image if k <= 1 else image.resize((image.width * k, image.height * k), Image.Resampling.NEAREST)
 
 
 def _choices(studio) -> tuple[list[tuple[str, str]], str]:
@@ -38,7 +54,7 @@ class Callbacks:
                                           height, num_images, edits)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
-        return [(im.image, f"seed {im.settings['seed']}") for im in images], self.studio.info(images), images
+        return [(shown(im.image), f"seed {im.settings['seed']}") for im in images], self.studio.info(images), images
 
     def save(self, images):
         if not images:
@@ -60,10 +76,12 @@ class Callbacks:
 
 
 def _prompt_column(studio) -> dict:
-    c = {"prompt": gr.Textbox(label="Prompt", lines=2, elem_id="prompt"),
+    examples = EXAMPLES["toyworld" if studio.pipe.base == "toyworld" else "other"]
+    c = {"prompt": gr.Textbox(label="Prompt", lines=2, elem_id="prompt", placeholder=f"e.g. {examples[0]}"),
          "negative": gr.Textbox(label="Negative prompt", lines=1)}
+    gr.Examples([[e] for e in examples], [c["prompt"]], label="Try")
     choices, note = _choices(studio)
-    c["artifacts"] = gr.CheckboxGroup(choices=choices, label="Artifacts (name | method | triggers | base)",
+    c["artifacts"] = gr.CheckboxGroup(choices=choices, label="Artifacts (file | method | trigger words | base | date)",
                                       elem_id="artifacts")
     c["unusable"] = gr.Markdown(note)
     with gr.Row():

@@ -1,0 +1,1 @@
+"""The Gradio app: `personalize app` or `python -m personalize.app` (needs `pip install 'personalize[app]'`)."""
