@@ -140,6 +140,15 @@ def save_content(path: str | Path, method: str, base_model: str, content: Artifa
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def trained_on(art: Artifact) -> str:
+    """The instance prompt (or first caption) an artifact's training used, from its metadata; '' if unknown."""
+    try:
+        data = json.loads(art.metadata.get("config") or "{}").get("data") or {}
+    except (ValueError, AttributeError):
+        return ""
+    return data.get("instance_prompt") or art.metadata.get("example_caption") or ""
+
+
 def _check_safetensors_file(path: Path) -> None:
     if not path.exists():
         raise ArtifactError(f"artifact file not found: {path}")

@@ -201,7 +201,10 @@ class Pipeline:
         from personalize.toyworld import vocabulary
 
         self._toy_words = self._toy_words or vocabulary.vocabulary()
-        triggers = [t for a in self.artifacts for t in a.triggers]
+        from personalize.artifacts import trained_on
+
+        # trigger words, and the words a tokenless artifact (DreamBooth, LoRA) was trained with ("sks")
+        triggers = [t for a in self.artifacts for t in a.triggers + trained_on(a).replace("{}", " ").split()]
         unknown = [u for p in prompts for u in vocabulary.unknown_words(p, self._toy_words, triggers)]
         return vocabulary.hint_for(list(dict.fromkeys(unknown)))
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalize.artifacts import ArtifactError, check_width, load_artifact
+from personalize.artifacts import ArtifactError, check_width, load_artifact, trained_on
 from personalize.atomic import atomic_path
 from personalize.batch import slug
 from personalize.errors import PersonalizeError
@@ -51,15 +51,6 @@ class Entry:
         text = f"{self.rel or self.name} | {self.method} | {words} | base: {self.base_model}"
         text += f" | {self.modified}" if self.modified else ""
         return text if self.usable else f"{text} | unusable: {self.reason}"
-
-
-def trained_on(art) -> str:
-    """The instance prompt (or first caption) an artifact's training used, from its `config` metadata."""
-    try:
-        data = json.loads(art.metadata.get("config") or "{}").get("data") or {}
-    except (ValueError, AttributeError):
-        return ""
-    return data.get("instance_prompt") or art.metadata.get("example_caption") or ""
 
 
 def describe(path: Path, width: int, folder: Path | None = None) -> Entry:

@@ -211,3 +211,16 @@ def test_app_shows_tiny_images_enlarged_with_nearest():
     big = shown(tiny)
     assert big.size == (256, 256) and big.getpixel((7, 7)) == (0, 0, 255) and big.getpixel((8, 8)) == (255, 0, 0)
     assert shown(Image.new("RGB", (512, 512))).size == (512, 512)
+
+
+def test_the_hint_knows_the_words_a_tokenless_artifact_was_trained_with(tmp_path):
+    from personalize.artifacts import load_artifact, save_artifact
+    from personalize.pipeline import Pipeline
+
+    path = save_artifact(tmp_path / "db.safetensors", "dreambooth", "toyworld", weights={"x": torch.zeros(1)},
+                         kind="delta", config=json.dumps({"data": {"instance_prompt": "a photo of a sks person"}}))
+    pipe = Pipeline(None, "toyworld")
+    assert "'sks'" in pipe.prompt_hint(["a photo of a smiling sks person"])
+    pipe._applied.append(type("A", (), {"artifact": load_artifact(path)})())  # as add_artifact records it
+    assert pipe.prompt_hint(["a photo of a smiling sks person"]) is None
+    assert Pipeline(None, "path/to/sd15").prompt_hint(["a photo of a dog"]) is None  # real bases: no hint

@@ -150,3 +150,35 @@ person" = face shape, skin, hair color and hair style all the photos'; by chance
 
 Over training seeds and other identities these settings give what docs/effects.md ("Quickstart") reports.
 """
+
+
+def measure(identities: list[int], seeds: list[int], out: str | Path, per_prompt: int = 6,
+            progress: bool = True) -> list[dict]:
+    """The quickstart's job on other identities and training seeds: rows {"arm": base|personalized,
+    "seed": "<identity>:<seed>", scores...}, paired per row key (personalize.toyworld.stats.effects). Image k
+    of each prompt uses sampling seed 7000 + seed + k in both arms."""
+    from tqdm.auto import tqdm
+
+    from personalize.config import load_config
+    from personalize.pipeline import load_pipeline
+    from personalize.toyworld.judge import Judge
+    from personalize.trainer import train
+
+    judge, rows, out = Judge.load("b"), [], Path(out)
+    for identity, seed in tqdm([(i, s) for i in identities for s in seeds], desc="identity x seed",
+                               disable=not progress):
+        photos = write_examples(out / f"{identity}-{seed}" / "photos", identity)
+        cfg = load_config([], {"data": {"instance_data_dir": str(photos), "instance_prompt": INSTANCE_PROMPT},
+                               "train": {"output_dir": str(out / f"{identity}-{seed}"), "report_to": "none",
+                                         "checkpointing_steps": 100_000, "seed": seed} | TRAIN,
+                               "method": {"name": "dreambooth"}})
+        artifact = train(cfg).artifact
+        pipe = load_pipeline("toyworld", device="cpu")
+        for arm, word in (("base", ""), ("personalized", "sks ")):
+            if word:
+                pipe.add_artifact(str(artifact))
+            images = [g.image for g in pipe.generate([p.format(word) for p in NEW_PROMPTS], num_images=per_prompt,
+                                                     seed=7000 + seed, steps=25, guidance_scale=5.0)]
+            rows.append({"arm": arm, "seed": f"{identity}:{seed}", "identity": str(identity)}
+                        | subject_scores(judge, images, per_prompt, identity))
+    return rows
