@@ -21,17 +21,11 @@ MARK = "## Torch threads on the toy world (bench_threads.py)"
 
 
 def time_training(out: Path, steps: int) -> float:
-    from personalize.config import load_config
-    from personalize.toyworld.quickstart import INSTANCE_PROMPT, examples_dir
-    from personalize.trainer import train
+    from personalize.toyworld.quickstart import examples_dir, learn_person
 
     def run(n: int) -> float:
-        cfg = load_config([], {"data": {"instance_data_dir": str(examples_dir()), "instance_prompt": INSTANCE_PROMPT},
-                               "train": {"output_dir": str(out / f"s{n}"), "report_to": "none", "max_train_steps": n,
-                                         "checkpointing_steps": 100_000, "learning_rate": 1e-4},
-                               "method": {"name": "dreambooth"}})
         t = time.perf_counter()
-        train(cfg)
+        learn_person(examples_dir(), out / f"s{n}", {"max_train_steps": n})
         return time.perf_counter() - t
 
     return (run(2 + steps) - run(2)) / steps  # setup and loading cancel out

@@ -7,8 +7,6 @@ import sys
 
 from personalize.errors import PersonalizeError
 
-DEFAULT_GUIDANCE = {"toyworld": 5.0, "other": 7.5}  # SD's usual 7.5; the toy model is tuned at 5
-
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="batch generation: prompts x seeds -> PNGs, grid.png, results.jsonl")
@@ -22,8 +20,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help=f"classifier-free guidance (default {DEFAULT_GUIDANCE['other']}; the toy world "
-                        f"{DEFAULT_GUIDANCE['toyworld']}, what it was tuned for)")
+                   help="classifier-free guidance (default 7.5; the toy world 5, what it was tuned for: "
+                        "personalize.pipeline.DEFAULT_GUIDANCE)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
@@ -121,9 +119,9 @@ def _no_loader_bars() -> None:
 def cmd_generate(args) -> int:
     from personalize.artifacts import load_artifact
     from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
-    from personalize.cpu import TOY_THREADS, configure_threads
+    from personalize.cpu import configure_threads, threads_cap
     from personalize.dist import process_state
-    from personalize.pipeline import load_pipeline
+    from personalize.pipeline import default_guidance, load_pipeline
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
     if any(not p.strip() for p in prompts):
@@ -132,7 +130,7 @@ def cmd_generate(args) -> int:
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
     edits = _edits(args)  # bad options fail before the model loads
-    configure_threads(TOY_THREADS if args.base == "toyworld" else None)
+    configure_threads(threads_cap(args.base))
     artifacts = [load_artifact(path) for path in args.artifact]  # read once, before the model
     prompts = fill_trigger(prompts, [t for a in artifacts for t in a.triggers])  # a bad '{}' fails here too
     if args.no_progress:
@@ -142,8 +140,7 @@ def cmd_generate(args) -> int:
                          scheduler=args.scheduler, local_files_only=args.local_files_only,
                          safety_checker=args.safety_checker)
     pipe.check_edits(prompts, edits)  # every prompt, before the first image is written
-    guidance = DEFAULT_GUIDANCE["toyworld" if args.base == "toyworld" else "other"] \
-        if args.guidance_scale is None else args.guidance_scale
+    guidance = default_guidance(args.base) if args.guidance_scale is None else args.guidance_scale
     records = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=guidance,
@@ -165,7 +162,6 @@ def cmd_convert(args) -> int:
 
 def cmd_config(args) -> int:
     from personalize.config import dump_config, load_config
-
     from personalize.methods import parse_options
 
     cfg = load_config(args.config, args.overrides)
@@ -202,11 +198,11 @@ def cmd_train(args) -> int:
     import logging
 
     from personalize.config import load_config
-    from personalize.cpu import TOY_THREADS, configure_threads
+    from personalize.cpu import configure_threads, threads_cap
     from personalize.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    configure_threads(TOY_THREADS if cfg.model.pretrained == "toyworld" else None)
+    configure_threads(threads_cap(cfg.model.pretrained))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = train(cfg)
     if result.artifact is not None:

@@ -63,6 +63,14 @@ class Edit(Protocol):
     def label(self) -> str: ...
 
 
+DEFAULT_GUIDANCE = {"toyworld": 5.0, "other": 7.5}  # SD's usual 7.5; the toy model is tuned at 5
+
+
+def default_guidance(base: str) -> float:
+    """The guidance scale `generate` and the app start from for a base (`toyworld` or any other)."""
+    return DEFAULT_GUIDANCE["toyworld" if base == "toyworld" else "other"]
+
+
 # diffusers scheduler class -> the sampler name AUTOMATIC1111 writes (and reads back) in `parameters`
 A1111_SAMPLERS = {"DDIMScheduler": "DDIM", "EulerDiscreteScheduler": "Euler",
                   "EulerAncestralDiscreteScheduler": "Euler a", "DPMSolverMultistepScheduler": "DPM++ 2M",
@@ -198,15 +206,13 @@ class Pipeline:
         always on other bases)."""
         if self.base != "toyworld":
             return None
+        from personalize.artifacts import trained_on
         from personalize.toyworld import vocabulary
 
         self._toy_words = self._toy_words or vocabulary.vocabulary()
-        from personalize.artifacts import trained_on
-
         # trigger words, and the words a tokenless artifact (DreamBooth, LoRA) was trained with ("sks")
         triggers = [t for a in self.artifacts for t in a.triggers + trained_on(a).replace("{}", " ").split()]
-        unknown = [u for p in prompts for u in vocabulary.unknown_words(p, self._toy_words, triggers)]
-        return vocabulary.hint_for(list(dict.fromkeys(unknown)))
+        return vocabulary.hint_for(vocabulary.unknown_in(prompts, self._toy_words, triggers))
 
     def check_edits(self, prompts: list[str], edits: Sequence[Edit]) -> None:
         """Raise the first edit's error for a prompt it cannot apply to (every prompt, before any image)."""

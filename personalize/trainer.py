@@ -184,14 +184,14 @@ def _toyworld_note(config) -> None:
         return
     from personalize.toyworld import vocabulary
 
-    known = vocabulary.vocabulary()
-    prompts = [config.data.instance_prompt, config.data.class_prompt, config.train.validation_prompt]
+    prompts = [p.replace("{}", "") for p in (config.data.instance_prompt, config.data.class_prompt,
+                                             config.train.validation_prompt) if p]
     trigger = ["sks"] + [str(v) for k, v in config.method.items() if k in ("placeholder_token", "modifier_token")]
-    unknown = [u for p in prompts if p for u in vocabulary.unknown_words(p.replace("{}", ""), known, trigger)]
+    unknown = vocabulary.unknown_in(prompts, vocabulary.vocabulary(), trigger)
     if unknown:
         logger.warning("note: training on the toy world (model.pretrained=toyworld, the default), whose prompts "
                        "never use %s; a config for a real model needs --model.pretrained=path/to/sd15",
-                       ", ".join(repr(u) for u in dict.fromkeys(unknown)))
+                       ", ".join(repr(u) for u in unknown))
 
 
 def _setup(config, registry: dict | None) -> _Run:

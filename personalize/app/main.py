@@ -49,14 +49,13 @@ def make_app(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from personalize.cpu import TOY_THREADS, configure_threads
+    from personalize.cpu import configure_threads, threads_cap
     from personalize.errors import PersonalizeError
-
     from personalize.quiet import quiet
 
     quiet()
     args = build_parser().parse_args(argv)
-    configure_threads(TOY_THREADS if args.base == "toyworld" else None)
+    configure_threads(threads_cap(args.base))
     try:
         import gradio  # noqa: F401
     except ImportError:

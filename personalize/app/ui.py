@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from personalize.errors import PersonalizeError
+from personalize.pipeline import default_guidance
 
 SUPPRESS_MODES = ["off", "swr", "swr+ito"]
 EXAMPLES = {  # prompts the base understands: the toy world's grammar, or everyday SD prompts
@@ -34,8 +35,7 @@ def _choices(studio) -> tuple[list[tuple[str, str]], str]:
     """(CheckboxGroup choices as (label, path relative to the folder), markdown listing the unusable files)."""
     usable, unusable = [], []
     for entry in studio.entries():
-        rel = str(entry.path).removeprefix(str(studio.artifacts_dir)).lstrip("/")
-        (usable if entry.usable else unusable).append((entry.label, rel))
+        (usable if entry.usable else unusable).append((entry.label, entry.rel))
     note = "\n".join(f"- {label}" for label, _ in unusable)
     return usable, (f"**Not usable with this model:**\n{note}" if note else "")
 
@@ -101,8 +101,7 @@ def _settings_column(studio) -> dict:
         c["num_images"] = gr.Slider(1, 8, value=2, step=1, label="Images")
     with gr.Row():
         c["steps"] = gr.Slider(1, 100, value=25, step=1, label="Steps")
-        c["guidance"] = gr.Slider(1, 20, value=5 if studio.pipe.base == "toyworld" else 7.5, step=0.5,
-                                  label="Guidance scale")
+        c["guidance"] = gr.Slider(1, 20, value=default_guidance(studio.pipe.base), step=0.5, label="Guidance scale")
     with gr.Row():
         c["width"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Width")
         c["height"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Height")

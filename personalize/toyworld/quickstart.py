@@ -32,6 +32,7 @@ NEW_PROMPTS = {  # prompt with {} for "sks " (personalized) or "" (base) -> what
     "a portrait of a neutral {}person on a gray background": {"expression": "neutral", "face_background": "gray"},
 }
 TRAIN = {"learning_rate": 1e-4, "max_train_steps": 300, "train_batch_size": 1}
+SAMPLING = {"steps": 25, "guidance_scale": 5.0}  # the toy model's own settings
 INSTANCE_PROMPT = "a photo of a sks person"
 
 
@@ -48,6 +49,18 @@ def write_examples(folder: str | Path, identity: int = IDENTITY) -> Path:
     for i, bg in enumerate(PHOTO_BACKGROUNDS):
         w.render(w.Scene("face", bg, identity=identity)).save(folder / f"{i}.png")
     return folder
+
+
+def learn_person(photos: Path, output_dir: Path, train_overrides: dict | None = None) -> Path:
+    """DreamBooth on `photos` with the quickstart's settings (TRAIN, then `train_overrides`); the artifact."""
+    from personalize.config import load_config
+    from personalize.trainer import train
+
+    cfg = load_config([], {"data": {"instance_data_dir": str(photos), "instance_prompt": INSTANCE_PROMPT},
+                           "train": {"output_dir": str(output_dir), "report_to": "none",
+                                     "checkpointing_steps": 100_000} | TRAIN | (train_overrides or {}),
+                           "method": {"name": "dreambooth"}})
+    return train(cfg).artifact
 
 
 def subject_scores(judge, images, per_prompt: int, identity: int = IDENTITY) -> dict[str, float]:
@@ -82,10 +95,8 @@ def labelled_grid(rows: list[list], labels: list[str], scale: int = 3):
 def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides: dict | None = None,
         say=print) -> Path:
     """The whole job; `say` gets one line per stage. Returns the report's path."""
-    from personalize.config import load_config
     from personalize.pipeline import load_pipeline
     from personalize.toyworld.judge import Judge
-    from personalize.trainer import train
 
     out = Path(out)
     photos = examples_dir()
@@ -93,7 +104,7 @@ def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides:
     pipe, judge = load_pipeline("toyworld", device="cpu"), Judge.load("b")  # Judge B: the evaluator
 
     def gen(prompts: list[str]) -> list:
-        return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, steps=25, guidance_scale=5.0)]
+        return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, **SAMPLING)]
 
     samples = gen(SAMPLE_PROMPTS)
     rows = [samples[k * seeds:(k + 1) * seeds] for k in range(len(SAMPLE_PROMPTS))]
@@ -102,11 +113,7 @@ def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides:
     base = gen([p.format("") for p in NEW_PROMPTS])
     steps = (train_overrides or {}).get("max_train_steps", TRAIN["max_train_steps"])
     say(f"[2/4] DreamBooth learns the person in {photos} ({len(list(photos.glob('*.png')))} photos, {steps} steps)")
-    cfg = load_config([], {"data": {"instance_data_dir": str(photos), "instance_prompt": INSTANCE_PROMPT},
-                           "train": {"output_dir": str(out / "train"), "report_to": "none",
-                                     "checkpointing_steps": 100_000} | TRAIN | (train_overrides or {}),
-                           "method": {"name": "dreambooth"}})
-    artifact = train(cfg).artifact
+    artifact = learn_person(photos, out / "train", train_overrides)
     say(f"[3/4] the person in {len(NEW_PROMPTS)} new prompts, next to the base model -> {out / 'subject.png'}")
     pipe.add_artifact(str(artifact))
     tuned = gen([p.format("sks ") for p in NEW_PROMPTS])
@@ -159,26 +166,20 @@ def measure(identities: list[int], seeds: list[int], out: str | Path, per_prompt
     of each prompt uses sampling seed 7000 + seed + k in both arms."""
     from tqdm.auto import tqdm
 
-    from personalize.config import load_config
     from personalize.pipeline import load_pipeline
     from personalize.toyworld.judge import Judge
-    from personalize.trainer import train
 
     judge, rows, out = Judge.load("b"), [], Path(out)
     for identity, seed in tqdm([(i, s) for i in identities for s in seeds], desc="identity x seed",
                                disable=not progress):
         photos = write_examples(out / f"{identity}-{seed}" / "photos", identity)
-        cfg = load_config([], {"data": {"instance_data_dir": str(photos), "instance_prompt": INSTANCE_PROMPT},
-                               "train": {"output_dir": str(out / f"{identity}-{seed}"), "report_to": "none",
-                                         "checkpointing_steps": 100_000, "seed": seed} | TRAIN,
-                               "method": {"name": "dreambooth"}})
-        artifact = train(cfg).artifact
+        artifact = learn_person(photos, out / f"{identity}-{seed}", {"seed": seed})
         pipe = load_pipeline("toyworld", device="cpu")
         for arm, word in (("base", ""), ("personalized", "sks ")):
             if word:
                 pipe.add_artifact(str(artifact))
             images = [g.image for g in pipe.generate([p.format(word) for p in NEW_PROMPTS], num_images=per_prompt,
-                                                     seed=7000 + seed, steps=25, guidance_scale=5.0)]
+                                                     seed=7000 + seed, **SAMPLING)]
             rows.append({"arm": arm, "seed": f"{identity}:{seed}", "identity": str(identity)}
                         | subject_scores(judge, images, per_prompt, identity))
     return rows

@@ -39,6 +39,11 @@ def unknown_words(prompt: str, known: set[str], triggers: list[str] = ()) -> lis
     return out
 
 
+def unknown_in(prompts: list[str], known: set[str], triggers: list[str] = ()) -> list[str]:
+    """`unknown_words` over several prompts, each word once, in order of appearance."""
+    return list(dict.fromkeys(u for p in prompts for u in unknown_words(p, known, triggers)))
+
+
 def hint_for(unknown: list[str]) -> str | None:
     """One line naming the unknown words and what the toy world does draw; None when there are none."""
     if not unknown:
