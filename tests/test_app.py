@@ -88,6 +88,19 @@ def test_bad_requests_are_refused(studio):
         studio.generate("  ", steps=2)
 
 
+def test_check_refuses_what_generate_would_refuse_without_denoising(studio, monkeypatch):
+    monkeypatch.setattr(studio.pipe, "generate", lambda *a, **k: pytest.fail("check must not generate"))
+    studio.check(PROMPT)  # good settings: no error
+    with pytest.raises(PersonalizeError, match="prompt is empty"):
+        studio.check("")
+    with pytest.raises(PersonalizeError, match="1..16"):
+        studio.check(PROMPT, num_images=17)
+    with pytest.raises(PersonalizeError, match="not a .safetensors file in"):
+        studio.check(PROMPT, artifacts=["../x.safetensors"])
+    with pytest.raises(PersonalizeError, match="zebra"):  # a suppressed word that is not in the prompt
+        studio.check(PROMPT, edits=studio.edits("zebra", "swr"))
+
+
 def test_save_writes_pngs_with_settings(studio, folders):
     images = studio.generate(PROMPT, seed=3, steps=3, num_images=2)
     paths = studio.save(images)
@@ -163,6 +176,9 @@ def test_api_suppression(server):
     plain, _ = _call(client, 5, steps=10, n=1)
     suppressed, info = client.predict(PROMPT, "", [], 5, 10, 5, 32, 32, 1, "glasses", "swr", api_name="/generate")
     assert '"suppress"' in info and not np.array_equal(_pixels(plain)[0], _pixels(suppressed)[0])
+    with pytest.raises(Exception, match="cannot suppress .zebra."):  # the API refuses it too (the page's check step is private)
+        client.predict(PROMPT, "", [], 5, 10, 5, 32, 32, 1, "zebra", "swr", api_name="/generate")
+    assert "/check" not in str(client.view_api(print_info=False, return_format="dict"))
 
 
 def test_files_outside_the_allowed_folders_are_not_served(server):

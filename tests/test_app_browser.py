@@ -50,10 +50,19 @@ def test_generate_in_the_browser(tmp_path):
             count = images.count()
             info = page.locator("#info textarea").input_value()
             page.screenshot(path=str(shot), full_page=True)
+            # a failing run (empty prompt) shows its message and keeps the last images
+            page.locator("#prompt textarea").fill("")
+            page.locator("#generate").click()
+            message = page.get_by_text("the prompt is empty")
+            message.first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1000)  # let the page settle on its error state
+            kept = images.count()
+            overlay = page.locator("#gallery").get_by_text("Error", exact=True).count()
             browser.close()
     finally:
         demo.close()
     assert count == 2, count
+    assert kept == 2 and overlay == 0, f"after a failed run the gallery has {kept} images, {overlay} error overlays"
     assert '"artifacts": ["sks"]' in info
     assert shot.stat().st_size > 10_000
     if os.environ.get("PERSONALIZE_APP_SCREENSHOT"):

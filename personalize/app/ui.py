@@ -46,6 +46,15 @@ class Callbacks:
     def __init__(self, studio):
         self.studio = studio
 
+    def check(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
+              suppress, suppress_mode):
+        """Run before `generate` (same inputs, no outputs): a bad setting is a message, and the gallery keeps
+        the last images instead of an error overlay (gradio marks the failing event's outputs)."""
+        try:
+            self.studio.check(prompt, artifacts, num_images, self.studio.edits(suppress, suppress_mode))
+        except PersonalizeError as err:
+            raise gr.Error(str(err)) from None
+
     def generate(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
                  suppress, suppress_mode, progress=gr.Progress(track_tqdm=True)):
         try:
@@ -128,8 +137,10 @@ def build(studio, title: str = "personalize") -> gr.Blocks:
             saved = gr.Markdown()
         inputs = [c[k] for k in ("prompt", "negative", "artifacts", "seed", "steps", "guidance", "width", "height",
                                  "num_images", "suppress", "suppress_mode")]
-        c["run"].click(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,
-                       concurrency_id="model")
+        checked = c["run"].click(on.check, inputs, None, api_visibility="private", show_progress="hidden",
+                                 concurrency_limit=1, concurrency_id="model")
+        checked.success(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,
+                        concurrency_id="model")
         save.click(on.save, [last], [saved], api_name="save")
         c["rescan"].click(on.rescan, None, [c["artifacts"], c["unusable"]], api_name="rescan")
         c["upload"].upload(on.upload, [c["upload"]], [c["artifacts"], c["unusable"], c["upload"]], api_name="upload")
