@@ -1,10 +1,11 @@
 """The quickstart's claim, over training seeds: DreamBooth on 3 photos of a person the toy model never saw draws
 that person in new prompts, where the base model draws them only by chance.
 
-Settings (3 photos, lr 1e-4, 300 steps) chosen on identities 27 and 63 with training seeds 1-2; measured on the
-quickstart's identity 90 with training seeds 3-7 and on 8 other held-out identities (docs/effects.md,
-"Quickstart"). This test re-runs seeds 3-5 of identity 90 (MEASURED below), with bars about 3 standard errors of
-a 3-seed mean under the 5-seed means."""
+Settings (3 captioned photos, lr 1e-4, 300 steps) chosen on identities 27 and 63 with training seeds 1-2;
+measured on the quickstart's identity 90 with training seeds 3-7 and on 8 other held-out identities
+(docs/effects.md, "Quickstart"). This test re-runs seeds 3-5 of identity 90 (MEASURED below); the person's bar
+is about 3 standard errors of a 3-seed mean under the 5-seed mean, prompt following (no spread measured) is held
+to the quickstart's acceptance, 0.90."""
 
 import pytest
 
@@ -14,9 +15,9 @@ from personalize.toyworld.stats import means
 pytestmark = pytest.mark.effect
 
 PERSON, FOLLOWS = "the person (all 4 traits)", "follows the prompt"
-# MEASURED, identity 90, training seeds 3-7 (24 images each): the person 0.992 (95 % CI 0.969-1.015, sd 0.018),
-# follows the prompt 0.767 (0.738-0.795, sd 0.023: "smiling" is lost, the person stays neutral); base 0.000 / 1.000.
-PERSON_BAR, FOLLOWS_BAR = 0.95, 0.70
+# MEASURED, identity 90, training seeds 3-7 (24 images each): the person 0.992 (95 % CI 0.969-1.015, sd 0.019),
+# follows the prompt 1.000 (every seed); base 0.000 / 1.000. Without captions it was 0.992 / 0.767 ("smiling" lost).
+PERSON_BAR, FOLLOWS_BAR = 0.95, 0.90
 
 
 @pytest.fixture(scope="module")

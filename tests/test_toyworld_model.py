@@ -111,6 +111,8 @@ def test_quickstart_writes_grids_and_a_report(tmp_path):
     cell, label = 32 * 3, 14  # cells enlarged 3x (nearest), a label line above each row
     assert Image.open(tmp_path / "qs" / "samples.png").size == (cell, (cell + label) * len(quickstart.SAMPLE_PROMPTS))
     assert Image.open(tmp_path / "qs" / "subject.png").size == (3 * cell, (cell + label) * (1 + len(quickstart.NEW_PROMPTS)))
-    shipped = sorted(quickstart.examples_dir().glob("*.png"))
-    fresh = sorted(quickstart.write_examples(tmp_path / "photos").glob("*.png"))
+    shipped = sorted(quickstart.examples_dir().glob("*.*"))
+    fresh = sorted(quickstart.write_examples(tmp_path / "photos").glob("*.*"))
+    assert [p.name for p in shipped] == ["0.png", "0.txt", "1.png", "1.txt", "2.png", "2.txt"]
     assert [p.read_bytes() for p in shipped] == [p.read_bytes() for p in fresh]
+    assert (quickstart.examples_dir() / "1.txt").read_text() == "a photo of a neutral sks person on a white background\n"

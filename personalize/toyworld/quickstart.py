@@ -1,15 +1,17 @@
 """`personalize quickstart`: the main job on the toy world, in a few minutes on a laptop CPU.
 
 1. a sample grid from the toy model (`samples.png`, one labelled row per prompt);
-2. a new person: 3 photos of a face identity the toy model never saw (`assets/examples/new-person`), learned
-   with DreamBooth as "sks person";
+2. a new person: 3 photos of a face identity the toy model never saw (`assets/examples/new-person`), each with a
+   kohya-style `.txt` caption that names what is *not* the person ("a photo of a neutral sks person on a blue
+   background"), learned with DreamBooth: "sks" then takes the identity and not the expression or background;
 3. that person in prompts the photos never show (smiling, surprised, a hat, glasses, other backgrounds), next
    to what the base model draws for the same prompt without "sks" (`subject.png`);
 4. `report.md`: per Judge B (the evaluator), how often the images are that person (all four identity traits:
    face shape, skin, hair color, hair style) and follow the prompt, personalized against the base model.
 
-The settings (3 photos, lr 1e-4, 300 steps) were chosen on identities 27 and 63 with training seeds 1-2; the
-rates they give on other identities and seeds are measured in docs/effects.md ("Quickstart").
+The settings (3 captioned photos, lr 1e-4, 300 steps) were chosen on identities 27 and 63 with training seeds
+1-2; the rates they give on other identities and seeds are measured in docs/effects.md ("Quickstart"). Without
+captions (the instance prompt alone) the token also learned "neutral" and the person stopped smiling.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ NEW_PROMPTS = {  # prompt with {} for "sks " (personalized) or "" (base) -> what
 }
 TRAIN = {"learning_rate": 1e-4, "max_train_steps": 300, "train_batch_size": 1}
 SAMPLING = {"steps": 25, "guidance_scale": 5.0}  # the toy model's own settings
-INSTANCE_PROMPT = "a photo of a sks person"
+INSTANCE_PROMPT = "a photo of a sks person"  # for a photo without a caption file
 
 
 def examples_dir() -> Path:
@@ -42,12 +44,18 @@ def examples_dir() -> Path:
     return asset("examples", "new-person")
 
 
+def caption(background: str) -> str:
+    """A photo's caption: the trigger plus everything in the photo that is not the person."""
+    return f"a photo of a neutral sks person on a {background} background"
+
+
 def write_examples(folder: str | Path, identity: int = IDENTITY) -> Path:
-    """The subject's photos: one per PHOTO_BACKGROUNDS, neutral, no accessory, no caption files."""
+    """The subject's photos: one per PHOTO_BACKGROUNDS, neutral, no accessory, each with its `.txt` caption."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i, bg in enumerate(PHOTO_BACKGROUNDS):
         w.render(w.Scene("face", bg, identity=identity)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption(bg) + "\n", encoding="utf-8")
     return folder
 
 
@@ -141,7 +149,8 @@ def _report(artifact: Path, photos: Path, base: dict, tuned: dict, seeds: int) -
     return f"""# personalize quickstart (toy world)
 
 - `samples.png`: the toy model, {len(SAMPLE_PROMPTS)} prompts x {seeds} seeds (one labelled row each).
-- `subject.png`: the 3 photos of a person the toy model never saw (`{photos}`), then per new prompt {seeds}
+- `subject.png`: the 3 photos of a person the toy model never saw (`{photos}`; each `.txt` caption names what
+  is not the person, e.g. "{caption(PHOTO_BACKGROUNDS[0])}"), then per new prompt {seeds}
   images from the base model (left, the prompt without "sks") and {seeds} after DreamBooth (right, artifact
   `{artifact}`).
 
