@@ -21,6 +21,7 @@ from personalize.trainer import train
 NEW_ROWS = r"text_encoder\.(text_model\.)?embeddings\.token_embedding\.weight\[new rows\]"
 CD_KV = r"unet\..*\.attn2\.processor\.to_[kv]_custom_diffusion\.weight"
 UNET_OWN = r"unet\.(?!.*(lora_|processor\.)).*"
+XATTN = r"unet\..*\.attn2\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)"
 
 
 @dataclass
@@ -37,6 +38,9 @@ TRAINED = {
     "dreambooth": Row({}, [UNET_OWN]),
     "classdiffusion": Row({"class_word": "dog"}, [CD_KV, NEW_ROWS], "a photo of {} dog"),
     "sude": Row({"class_word": "dog"}, [UNET_OWN]),
+    "esd": Row({"concepts": ["a photo of a dog"], "ddim_steps": 4}, [XATTN], "a photo of a dog"),
+    "abo": Row({"concepts": ["a photo of a dog"], "alternatives": ["a photo of a cat"], "ddim_steps": 4}, [XATTN],
+               "a photo of a dog"),
 }
 INFERENCE = {"suppress_eot"}
 

@@ -1,0 +1,33 @@
+"""All-but-One, "Surgical Concept Erasing with Model Preservation" (Hong, Lee, Woo, AAAI 2024).
+
+Edit only the concept's guidance term, toward an alternative concept when one is given (Fig. 1: "Van Gogh style"
+-> "dry brushing", "image of pig" -> "image of cow"), while anchoring the unconditional prediction to the
+original model so that prompts without the concept, layout and DDIM inversion stay as they were. The paper's
+exact equations and schedule were not available to us and no official code exists: the losses in
+`personalize.methods.erasure.losses` are a reconstruction from that stated idea (unverified), and the defaults
+below are ESD's paper-era values, our choice, not the paper's. With no alternative, eta = 1 + eta_ESD and
+lambda_uncond = 0 the objective is exactly ESD's.
+"""
+
+from dataclasses import dataclass, field
+
+from personalize.methods.erasure.eraser import Eraser
+
+
+@dataclass
+class Options:
+    name: str = "abo"
+    concepts: list[str] = field(default_factory=list)  # prompts to erase; one drawn per sample
+    alternatives: list[str] = field(default_factory=list)  # c_a per concept (or one for all); none: toward ""
+    eta: float = 1.0  # 1: the concept's prediction becomes the alternative's
+    lambda_uncond: float = 1.0  # weight of loss_uncond (unverified placeholder)
+    preserve: list[str] = field(default_factory=list)  # neighbour prompts kept as the original draws them
+    lambda_preserve: float = 0.0
+    train_method: str = "xattn"
+    xt_sampler: str = "student"
+    ddim_steps: int = 50
+    xt_guidance: float = 3.0
+
+
+def build(options: Options, config) -> Eraser:
+    return Eraser(options, config)

@@ -1,0 +1,32 @@
+"""ESD, "Erasing Concepts from Diffusion Models" (Gandikota et al., ICCV 2023): fine-tune the UNet so that its
+prediction for the concept equals the original unconditional prediction pushed against the concept (negative
+guidance, eq. 3). ESD-x trains cross-attention (`train_method: xattn`), ESD-u everything else (`noxattn`).
+
+Defaults are the paper-era code's (rohitgandikota/erasing, train-scripts/train-esd.py at commit a2189e9): eta 1,
+lr 1e-5 (configs/esd.yaml), 1000 iterations, batch 1, x_t from a 50-step DDIM run at guidance 3 by the model being
+trained. The newer `esd_sd.py` uses eta 2, lr 5e-5, 200 iterations (configs/esd.yaml names them as a faster
+preset). Which filter fits which concept (paper sec. 4.1): a style or one object -> xattn; a concept prompts
+rarely name, such as nudity -> noxattn.
+"""
+
+from dataclasses import dataclass, field
+
+from personalize.methods.erasure.eraser import Eraser
+
+
+@dataclass
+class Options:
+    name: str = "esd"
+    concepts: list[str] = field(default_factory=list)  # prompts to erase, e.g. ["van gogh"]; one drawn per sample
+    # erase an attribute *from* a concept (e.g. "glasses" from "a photo of a person"): the official esd_sd.py's
+    # --erase_from, not in the paper; one for all concepts or one per concept ("" for none)
+    erase_from: list[str] = field(default_factory=list)
+    eta: float = 1.0  # negative guidance (paper eq. 3); esd_sd.py uses 2.0
+    train_method: str = "xattn"  # xattn | xattn-strict | noxattn | full | selfattn (or esd-x, esd-u, ...)
+    xt_sampler: str = "student"  # who draws x_t: the model being trained (paper) or the frozen "teacher"
+    ddim_steps: int = 50
+    xt_guidance: float = 3.0  # classifier-free guidance while drawing x_t
+
+
+def build(options: Options, config) -> Eraser:
+    return Eraser(options, config)
