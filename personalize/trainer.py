@@ -211,6 +211,9 @@ def _setup(config, registry: dict | None) -> _Run:
     set_seed(train_cfg.seed)  # new weights (LoRA A, processors) start the same in every run and process
     method.setup(components, config, accelerator)
     world = accelerator.num_processes
+    if getattr(method, "closed_form", False):  # computed in `setup` (UCE): no optimizer, no steps
+        info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
+        return _Run(method, components, accelerator, None, None, {}, [], info, train_cfg.max_train_steps)
     lr = train_cfg.learning_rate
     if train_cfg.scale_lr:  # diffusers: lr x accumulation x batch x processes
         lr *= train_cfg.gradient_accumulation_steps * train_cfg.train_batch_size * world
@@ -240,6 +243,8 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         dump_config(config, out / "config.yaml")
         accelerator.init_trackers("personalize", config={k: v for k, v in vars(train_cfg).items()
                                                           if isinstance(v, (int, float, str, bool))})
+    if optimizer is None:
+        return _finish(run, config, run.step)
     weights = method.loss_weights() if hasattr(method, "loss_weights") else {}
     params = trainable_parameters(run.modules)
     step, micro = run.step, run.step * train_cfg.gradient_accumulation_steps
@@ -268,11 +273,17 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         accelerator.log(logs, step=step)
         _periodic(step, run, config)
     bar.close()
+    return _finish(run, config, step)
+
+
+def _finish(run: _Run, config, step: int) -> TrainResult:
+    """After the last step (or a closed-form setup): `finish`, the artifact (main process), end the trackers."""
+    method, accelerator = run.method, run.accelerator
     if hasattr(method, "finish"):
         method.finish()
     accelerator.wait_for_everyone()
     path = None
-    if accelerator.is_main_process and step >= train_cfg.max_train_steps:
+    if accelerator.is_main_process and step >= config.train.max_train_steps:
         path = write_artifact(method, run.components, config)
         logger.info("wrote %s", path)
     accelerator.wait_for_everyone()

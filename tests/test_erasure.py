@@ -228,3 +228,59 @@ def test_bad_options_are_refused_before_loading(tiny_sd1):
     with pytest.raises(MethodError, match="not a parameter filter"):
         build(train_method="attn")
     assert [c["alternative"] for c in build(alternatives=["x"]).concepts] == ["x", "x"]
+
+
+# ------------------------------------------------------------------------------------------- UCE
+
+
+def test_uce_edit_by_hand():
+    from personalize.methods.erasure.uce import edit_weight
+
+    w, c, guide = T([[2.0]]), T([1.0]), T([0.0])
+    # erase toward a guide with v* = W c_g = 0: (0.5 * 2 + 1 * 0 * 1) / (0.5 + 1 * 1) = 2/3
+    assert edit_weight(w, [(c, guide)], [], 1.0, 1.0, 0.5).item() == pytest.approx(2 / 3)
+    # and preserving c itself as well: (1 + 0 + 2) / (0.5 + 1 + 1) = 1.2
+    assert edit_weight(w, [(c, guide)], [c], 1.0, 1.0, 0.5).item() == pytest.approx(1.2)
+    assert torch.equal(edit_weight(w, [], [], 1.0, 1.0, 0.5).float(), w)  # nothing asked: W unchanged
+
+
+def test_uce_maps_the_concept_onto_its_guide_and_keeps_what_it_preserves():
+    from personalize.methods.erasure.uce import edit_weight
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 8, generator=g)
+    c_e, c_g, c_p = (torch.randn(8, generator=g) for _ in range(3))
+    new = edit_weight(w, [(c_e, c_g)], [c_p], 1.0, 1.0, 1e-4).float()  # lamb -> 0: the constraints are met
+    assert torch.allclose(new @ c_e, w @ c_g, atol=1e-3) and torch.allclose(new @ c_p, w @ c_p, atol=1e-3)
+    far = torch.randn(8, generator=g)
+    assert not torch.allclose(new @ far, w @ far, atol=1e-2)  # it is an edit, not the identity
+
+
+def test_uce_runs_through_the_loop_without_steps(tiny_sd1, tmp_path):
+    from helpers import train_config
+
+    from personalize.trainer import train
+
+    cfg = train_config(tiny_sd1, tmp_path, tmp_path / "out", "uce", {"concepts": ["dog", "cat"],
+                       "preserve": ["car"]})
+    result = train(cfg)
+    art = load_artifact(result.artifact)
+    kv = {f"unet.{n}.weight" for n, _ in result.method.c.unet.named_modules()
+          if "attn2" in n and n.endswith(("to_k", "to_v"))}
+    assert art.kind == "diff" and set(art.weights) == kv and art.metadata["concepts"] == "dog, cat"
+    assert not list((tmp_path / "out").glob("checkpoint-*"))  # no loop ran
+
+
+def test_uce_refuses_bad_options_and_warns_for_many_concepts(caplog):
+    def build(**opts):
+        cfg = load_config([], {"method": {"name": "uce"} | opts})
+        return REGISTRY["uce"].build(parse_options("uce", cfg.method), cfg)
+
+    with pytest.raises(MethodError, match="non-empty list"):
+        build(concepts=[])
+    with pytest.raises(MethodError, match="2 entries for 3 concepts"):
+        build(concepts=["a", "b", "c"], guides=["x", "y"])
+    with pytest.raises(MethodError, match="lamb"):
+        build(concepts=["a"], lamb=0.0)
+    build(concepts=[f"c{i}" for i in range(11)])
+    assert "11 concepts" in caplog.text

@@ -41,6 +41,7 @@ TRAINED = {
     "esd": Row({"concepts": ["a photo of a dog"], "ddim_steps": 4}, [XATTN], "a photo of a dog"),
     "abo": Row({"concepts": ["a photo of a dog"], "alternatives": ["a photo of a cat"], "ddim_steps": 4}, [XATTN],
                "a photo of a dog"),
+    "uce": Row({"concepts": ["dog"], "erase_scale": 10.0}, [r"unet\..*\.attn2\.to_[kv]\.weight"], "a photo of a dog"),
 }
 INFERENCE = {"suppress_eot"}
 

@@ -17,7 +17,7 @@ import typing
 from personalize.artifacts import ArtifactError
 from personalize.config import ConfigError, coerce
 from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
-from personalize.methods.erasure import abo, esd
+from personalize.methods.erasure import abo, esd, uce
 from personalize.methods.erasure.apply import apply_erasure
 from personalize.methods.personalization import (
     classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion,
@@ -44,6 +44,7 @@ REGISTRY: dict[str, MethodRecord] = {
     # concept erasure: the UNet fine-tuned against a frozen copy; artifacts hold differences (`weights: diff`)
     "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure"),
     "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure"),
+    "uce": MethodRecord("uce", uce.Options, uce.build, apply_erasure, "erasure"),  # closed form, no loop
     # content suppression trains nothing and has no artifact: a generation edit (`Pipeline.generate(edits=...)`)
     "suppress_eot": MethodRecord("suppress_eot", suppress_eot.Suppression, None, None, "inference",
                                  edit=suppress_eot.edit),
