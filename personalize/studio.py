@@ -40,6 +40,7 @@ class Entry:
     rel: str = ""  # the path relative to the artifacts folder: what tells two `dreambooth.safetensors` apart
     modified: str = ""  # the file's date, YYYY-MM-DD HH:MM
     trained_on: str = ""  # for a file without trigger words: the prompt or caption it was trained with
+    erases: str = ""  # an erasure artifact's concepts (its `concepts` metadata)
 
     @property
     def name(self) -> str:
@@ -47,7 +48,8 @@ class Entry:
 
     @property
     def label(self) -> str:
-        words = ", ".join(self.triggers) or (f"prompt: {self.trained_on!r}" if self.trained_on else "no trigger word")
+        words = ", ".join(self.triggers) or (f"erases: {self.erases}" if self.erases else "") or \
+            (f"prompt: {self.trained_on!r}" if self.trained_on else "no trigger word")
         text = f"{self.rel or self.name} | {self.method} | {words} | base: {self.base_model}"
         text += f" | {self.modified}" if self.modified else ""
         return text if self.usable else f"{text} | unusable: {self.reason}"
@@ -63,7 +65,7 @@ def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
         return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""), rel=rel, modified=stamp)
     base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
     entry = Entry(str(path), art.method, art.triggers, base, rel=rel, modified=stamp,
-                  trained_on="" if art.triggers else trained_on(art))
+                  trained_on="" if art.triggers else trained_on(art), erases=art.metadata.get("concepts", ""))
     try:
         check_width(art, width)
     except ArtifactError as err:

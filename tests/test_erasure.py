@@ -269,6 +269,10 @@ def test_uce_runs_through_the_loop_without_steps(tiny_sd1, tmp_path):
           if "attn2" in n and n.endswith(("to_k", "to_v"))}
     assert art.kind == "diff" and set(art.weights) == kv and art.metadata["concepts"] == "dog, cat"
     assert not list((tmp_path / "out").glob("checkpoint-*"))  # no loop ran
+    from personalize.studio import describe
+
+    label = describe(result.artifact, 32, tmp_path).label  # as the app lists it
+    assert label.startswith("out/uce.safetensors | uce | erases: dog, cat | base: ")
 
 
 def test_uce_refuses_bad_options_and_warns_for_many_concepts(caplog):
@@ -284,3 +288,36 @@ def test_uce_refuses_bad_options_and_warns_for_many_concepts(caplog):
         build(concepts=["a"], lamb=0.0)
     build(concepts=[f"c{i}" for i in range(11)])
     assert "11 concepts" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- in a pipeline
+
+
+def test_erasure_composes_with_an_embedding_and_suppression_and_undoes_exactly(tiny_sd1, tmp_path):
+    import numpy as np
+    from helpers import pixels, same_state, state, train_config
+
+    from personalize.artifacts import save_embedding
+    from personalize.methods import make_edit
+    from personalize.pipeline import load_pipeline
+    from personalize.trainer import train
+
+    cfg = train_config(tiny_sd1, tmp_path, tmp_path / "out", "esd", {"concepts": ["a photo of a dog"],
+                       "ddim_steps": 4}, max_train_steps=2, learning_rate=5e-2)
+    erased = train(cfg).artifact
+    token = save_embedding(tmp_path / "tok", "zq", torch.randn(1, 32, generator=torch.Generator().manual_seed(0)),
+                           "textual_inversion", str(tiny_sd1))
+    pipe = load_pipeline(str(tiny_sd1), device="cpu")
+    unet0, prompt = state(pipe.sd.unet), "a photo of a dog wearing zq glasses"
+    suppress = [make_edit("suppress_eot", {"words": ["glasses"]})]
+
+    def image(artifacts, edits=()):
+        pipe.set_artifacts([str(a) for a in artifacts])
+        return pixels(pipe.generate(prompt, seed=0, steps=3, edits=list(edits))[0])
+
+    token_only, both = image([token]), image([token, erased])
+    assert np.array_equal(image([erased, token]), both)  # a diff and an embedding: any order
+    assert np.abs(both - token_only).mean() > 0.02
+    with_all = image([token, erased], suppress)
+    assert np.abs(with_all - both).mean() > 0.02
+    assert np.array_equal(image([token]), token_only) and same_state(state(pipe.sd.unet), unet0)
