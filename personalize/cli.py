@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from personalize.errors import PersonalizeError
 
@@ -73,6 +74,15 @@ def _add_convert(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
+def _add_export_lora(sub) -> None:
+    p = sub.add_parser("export-lora", help="an erasure artifact as a kohya-layout LoRA (AUTOMATIC1111, ComfyUI, "
+                                           "diffusers load_lora_weights), by truncated SVD")
+    p.add_argument("artifact", help="an erasure .safetensors (esd, abo, uce)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16; the error is printed)")
+    p.add_argument("--out", default=None, help="output file (default: <artifact>-lora.safetensors beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
 def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print the resolved config: defaults <- YAML files <- --dotted.key=value")
     p.add_argument("--config", action="append", default=[], help="YAML file (repeatable, later ones win)")
@@ -100,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_export_lora(sub)
     _add_config(sub)
     _add_quickstart(sub)
     _add_train(sub)
@@ -157,6 +168,19 @@ def cmd_convert(args) -> int:
     for path in args.files:
         written = convert(path, args.out, args.token, args.force)
         print(f"{path} -> {written}")
+    return 0
+
+
+def cmd_export_lora(args) -> int:
+    from personalize.artifacts import load_artifact
+    from personalize.methods.erasure.export import write_lora
+
+    source = Path(args.artifact)
+    out = Path(args.out) if args.out else source.with_name(f"{source.stem}-lora.safetensors")
+    if out.exists() and not args.force:
+        raise PersonalizeError(f"{out} exists: pass --force to overwrite it")
+    export = write_lora(load_artifact(source), out, args.rank)
+    print(f"{source} -> {out}\n{export.summary()}")
     return 0
 
 
@@ -225,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command not in ("config", "app", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
-    handlers = {"generate": cmd_generate, "convert": cmd_convert, "config": cmd_config,
+    handlers = {"generate": cmd_generate, "convert": cmd_convert, "export-lora": cmd_export_lora, "config": cmd_config,
                 "quickstart": cmd_quickstart, "train": cmd_train, "app": cmd_app}
     try:
         return handlers[args.command](args)

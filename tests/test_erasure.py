@@ -321,3 +321,57 @@ def test_erasure_composes_with_an_embedding_and_suppression_and_undoes_exactly(t
     with_all = image([token, erased], suppress)
     assert np.abs(with_all - both).mean() > 0.02
     assert np.array_equal(image([token]), token_only) and same_state(state(pipe.sd.unet), unet0)
+
+
+# ------------------------------------------------------------------------------------------- LoRA export
+
+
+def test_lora_export_reproduces_the_erased_unet_and_loads_in_diffusers(tiny_sd1, tmp_path):
+    """ESD-x-strict (to_k/to_v weights only) exports exactly at full rank: stock diffusers `load_lora_weights` on
+    a fresh pipeline predicts what the erased UNet predicts (fixed latents, atol 1e-4); rank 1 reports its error."""
+    from diffusers import StableDiffusionPipeline
+    from helpers import train_config
+    from safetensors.torch import load_file
+
+    from personalize.cli import main
+    from personalize.methods.erasure.apply import apply_erasure
+    from personalize.methods.erasure.export import to_lora
+    from personalize.trainer import train
+
+    cfg = train_config(tiny_sd1, tmp_path, tmp_path / "run", "esd", {"concepts": ["a photo of a dog"],
+                       "ddim_steps": 4, "train_method": "xattn-strict"}, max_train_steps=2, learning_rate=5e-2)
+    art_path = train(cfg).artifact
+    art = load_artifact(art_path)
+    assert main(["export-lora", str(art_path), "--rank", "64", "--out", str(tmp_path / "lora.safetensors")]) == 0
+    lora = load_file(tmp_path / "lora.safetensors")
+    assert all(k.startswith("lora_unet_") and "_attn2_to_" in k for k in lora)
+    assert any(k.endswith("attn2_to_k.lora_down.weight") for k in lora)
+
+    x_t, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([400])
+    erased = StableDiffusionPipeline.from_pretrained(str(tiny_sd1), local_files_only=True, safety_checker=None)
+    ids = erased.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        cond = erased.text_encoder(ids)[0]
+        apply_erasure(erased, art)
+        want = erased.unet(x_t, t, cond).sample
+        stock = StableDiffusionPipeline.from_pretrained(str(tiny_sd1), local_files_only=True, safety_checker=None)
+        plain = stock.unet(x_t, t, cond).sample
+        stock.load_lora_weights(str(tmp_path / "lora.safetensors"))
+        got = stock.unet(x_t, t, cond).sample
+    assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(plain, want, atol=1e-3)
+    low = to_lora(art, rank=1)
+    assert 0 < low.worst_error < 1 and "rank 1" in low.summary()
+    assert main(["export-lora", str(art_path), "--rank", "64", "--out", str(tmp_path / "lora.safetensors")]) == 2
+
+
+def test_lora_export_reports_what_a_lora_cannot_hold(tiny_sd1, tmp_path):
+    from helpers import train_config
+
+    from personalize.methods.erasure.export import to_lora
+    from personalize.trainer import train
+
+    cfg = train_config(tiny_sd1, tmp_path, tmp_path / "run", "esd", {"concepts": ["a photo of a dog"],
+                       "ddim_steps": 4}, max_train_steps=1, learning_rate=5e-2)
+    export = to_lora(load_artifact(train(cfg).artifact), rank=4)
+    assert export.left_out and all(k.endswith("to_out.0.bias") for k in export.left_out)
+    assert "left out" in export.summary()
