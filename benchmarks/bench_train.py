@@ -27,6 +27,15 @@ REGULARIZERS = [
     ("sude on custom_diffusion", {"name": "sude", "class_word": "dog", "base": {"name": "custom_diffusion"}},
      "custom_diffusion"),
 ]
+# erasure steps against a DreamBooth step: with the official x_t sampling (k of 50 DDIM steps, ~25 CFG UNet calls
+# on average) and without it (ddim_steps 1: k = 0, x_t is the noise), which isolates the teacher/student passes
+DOG = ["a photo of a dog"]
+ERASURE = [
+    ("esd, x_t from 50 DDIM steps", {"name": "esd", "concepts": DOG, "ddim_steps": 50}),
+    ("esd, x_t sampling excluded", {"name": "esd", "concepts": DOG, "ddim_steps": 1}),
+    ("abo, x_t from 50 DDIM steps", {"name": "abo", "concepts": DOG, "ddim_steps": 50}),
+    ("abo, x_t sampling excluded", {"name": "abo", "concepts": DOG, "ddim_steps": 1}),
+]
 
 
 def bases() -> list[str]:
@@ -103,6 +112,33 @@ def regularizer_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def erasure_table(rows: dict[str, dict], uce_seconds: float) -> str:
+    lines = ["", "Erasure, each against a DreamBooth step in the same run (goals: ESD <= 1.6x, AbO <= 2.0x; the "
+             "teacher passes run under no_grad):", "", "| method | s/step | x dreambooth | peak memory (MB) | x dreambooth |",
+             "|---|---|---|---|---|"]
+    b = rows["dreambooth"]
+    for label, _ in ERASURE:
+        r = rows[label]
+        lines.append(f"| {label} | {r['sec_per_step']:.4f} | {r['sec_per_step'] / b['sec_per_step']:.2f} | "
+                     f"{r['peak_mb']:.0f} | {r['peak_mb'] / b['peak_mb']:.2f} |")
+    lines += ["", f"UCE (closed form, 2 concepts, 1 preserved): {uce_seconds:.2f} s for the whole job "
+              "(`train()`: load, edit, write), no steps."]
+    return "\n".join(lines) + "\n"
+
+
+def uce_seconds(model: Path) -> float:
+    from personalize.config import load_config
+    from personalize.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config([], {"model": {"pretrained": str(model)}, "train": {"output_dir": tmp, "report_to": "none"},
+                               "method": {"name": "uce", "concepts": ["dog", "cat"], "preserve": ["car"]}})
+        train(cfg)  # warm-up
+        start = time.perf_counter()
+        train(cfg)
+        return time.perf_counter() - start
+
+
 def write_section(text: str) -> None:
     path = ROOT / "benchmarks" / "BENCHMARKS.md"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -133,6 +169,7 @@ def main() -> None:
         data = write_concept_images(Path(tmp) / "data")
         rows = {}
         arms = [(m, {"name": m}) for m in bases()] + [(label, section) for label, section, _ in REGULARIZERS]
+        arms += ERASURE
         for label, section in arms:
             proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
                                    "--one", json.dumps(section), str(model), str(data)],
@@ -140,7 +177,9 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(proc.stderr[-2000:])
             rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        erase_s = uce_seconds(model)
     text = table([rows[m] for m in bases()], args.steps, args.device) + regularizer_table(rows)
+    text += erasure_table(rows, erase_s)
     print(text)
     if args.write:
         write_section(text)
