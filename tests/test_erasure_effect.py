@@ -20,28 +20,35 @@ ARMS = {"esd-x": str(config_file("toyworld/esd.yaml")), "abo": str(config_file("
 #   esd-x  direct 0.013 (0.028)  other shapes 0.995 (0.011)  other object 0.925 (0.028)  uncond drift 0.048 (0.003)
 #   abo    direct 0.000 (0)      other shapes 0.980 (0.014)  other object 1.000 (0)      uncond drift 0.022 (0.005)
 DIRECT_MAX, OTHER_SHAPES_MIN, PAIR_OTHER_MIN = 0.10, 0.90, 0.85  # the issue's acceptance (x base, base = 1.00)
+ESD_X_DRIFT = 0.048  # measured above; All-but-One must stay under 0.75 x it (measured 0.022)
 
 
-@pytest.fixture(scope="module")
-def rates(tmp_path_factory):
-    rows = erasure.measure(ARMS, "triangle", [1, 2, 3], tmp_path_factory.mktemp("erase"), progress=False)
+def measured(arm: str, tmp_path_factory) -> dict:
+    """Means over training seeds 1-3 of the base and `arm` (one arm per module: xdist runs them side by side)."""
+    rows = erasure.measure({arm: ARMS[arm]}, "triangle", [1, 2, 3], tmp_path_factory.mktemp(arm), progress=False)
     return means(rows)
 
 
-@pytest.mark.parametrize("arm", sorted(ARMS))
-def test_the_erased_shape_is_gone_from_direct_prompts_and_pairs(rates, arm):
+def check_erased(rates: dict, arm: str) -> None:
     assert rates["base"]["direct"] >= 0.9, rates["base"]
     assert rates[arm]["direct"] <= DIRECT_MAX, rates[arm]
     assert rates[arm]["pairs_erased_object"] <= DIRECT_MAX, rates[arm]
 
 
-@pytest.mark.parametrize("arm", sorted(ARMS))
-def test_other_shapes_and_the_other_object_stay(rates, arm):
+def check_kept(rates: dict, arm: str) -> None:
     base = rates["base"]
     assert rates[arm]["other_shapes"] >= OTHER_SHAPES_MIN * base["other_shapes"], (rates[arm], base)
     assert rates[arm]["pairs_other_object"] >= PAIR_OTHER_MIN * base["pairs_other_object"], (rates[arm], base)
 
 
-def test_all_but_one_keeps_the_unconditional_prediction_nearer_the_original(rates):
-    # measured: 0.022 vs 0.048, paired delta -0.026 (95 % CI -0.029 to -0.023) over seeds 1-5
-    assert rates["abo"]["uncond_drift"] < 0.75 * rates["esd-x"]["uncond_drift"], (rates["abo"], rates["esd-x"])
+@pytest.fixture(scope="module")
+def rates(tmp_path_factory):
+    return measured("esd-x", tmp_path_factory)
+
+
+def test_esd_x_erases_the_shape_from_direct_prompts_and_pairs(rates):
+    check_erased(rates, "esd-x")
+
+
+def test_esd_x_keeps_other_shapes_and_the_other_object(rates):
+    check_kept(rates, "esd-x")
