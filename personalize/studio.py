@@ -128,19 +128,24 @@ class Studio:
         """Raise the error `generate` would give for these settings, before any denoising: an empty prompt, a bad
         image count, an artifact that is not in the folder or does not fit the base, an edit that does not apply to
         the prompt. Leaves `artifacts` applied."""
+        self._prepare(prompt, artifacts, num_images)
+        self.pipe.check_edits([prompt], list(edits))
+
+    def _prepare(self, prompt: str, artifacts, num_images) -> None:
+        """The settings checks of `check` apart from the edits (which `Pipeline.generate` checks itself), then
+        apply `artifacts`."""
         if not prompt or not prompt.strip():
             raise PersonalizeError("the prompt is empty: describe the image to generate")
         if not 1 <= int(num_images) <= 16:
             raise PersonalizeError(f"number of images must be 1..16, got {num_images}")
         self.pipe.set_artifacts(self._artifact_paths(list(artifacts)))
-        self.pipe.check_edits([prompt], list(edits))
 
     def generate(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
                  steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,
                  num_images: int = 1, edits: list = ()) -> list:
         """Generate with exactly `artifacts` applied (paths in the artifacts folder) and `edits` (`Studio.edits`).
         seed -1 draws one (reported in each image's settings)."""
-        self.check(prompt, artifacts, num_images, edits)
+        self._prepare(prompt, artifacts, num_images)  # the edits are checked by Pipeline.generate, before any image
         return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images),
                                   seed=None if int(seed) < 0 else int(seed), steps=int(steps),
                                   guidance_scale=float(guidance_scale), width=width and int(width),

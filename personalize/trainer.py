@@ -211,8 +211,8 @@ def _setup(config, registry: dict | None) -> _Run:
     set_seed(train_cfg.seed)  # new weights (LoRA A, processors) start the same in every run and process
     method.setup(components, config, accelerator)
     world = accelerator.num_processes
+    info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
     if getattr(method, "closed_form", False):  # computed in `setup` (UCE): no optimizer, no steps
-        info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
         return _Run(method, components, accelerator, None, None, {}, [], info, train_cfg.max_train_steps)
     lr = train_cfg.learning_rate
     if train_cfg.scale_lr:  # diffusers: lr x accumulation x batch x processes
@@ -225,7 +225,6 @@ def _setup(config, registry: dict | None) -> _Run:
     if hasattr(method, "use_modules"):
         method.use_modules(dict(zip(modules, wrapped)))
     optimizer, lr_scheduler = prepared[len(modules):]
-    info = {"method": config.method["name"], "seed": train_cfg.seed, "world": world}
     step = load_checkpoint(resume, modules, optimizer, lr_scheduler, accelerator, info) if resume else 0
     logger.info("training %s from step %d, lr %.3g, %d process(es)", info["method"], step, lr, world)
     return _Run(method, components, accelerator, optimizer, lr_scheduler, modules, wrapped, info, step)

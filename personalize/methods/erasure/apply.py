@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from personalize.artifacts import Artifact, ArtifactError
+from personalize.methods.personalization.apply import write_parameters
 
 KINDS = ("diff",)
 
@@ -34,16 +35,4 @@ def apply_erasure(pipe, art: Artifact):
     """Add the artifact's differences to the UNet; return the undo (restores the values saved before)."""
     if art.kind not in KINDS:
         raise ArtifactError(f"{art.path}: weights kind {art.kind!r} is not one of {art.method}'s kinds {KINDS}")
-    targets = _targets(pipe, art)
-    saved = []
-    with torch.no_grad():
-        for param, diff in targets:
-            saved.append((param, param.detach().clone()))
-            param.add_(diff.to(device=param.device, dtype=param.dtype))
-
-    def undo() -> None:
-        with torch.no_grad():
-            for param, original in saved:
-                param.copy_(original)
-
-    return undo
+    return write_parameters(_targets(pipe, art), add=True)

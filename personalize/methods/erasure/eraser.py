@@ -64,11 +64,9 @@ class Eraser:
         self.original = {k: p.detach().float().cpu().clone() for k, p in self.params.items()}
         self.scheduler = DDIMScheduler.from_config(c.scheduler.config)
         self.ts = timesteps(self.scheduler, self.o.ddim_steps)
-        prompts = sorted({""} | {p for concept in self.concepts for p in concept.values() if p} |
-                         set(getattr(self.o, "preserve", [])))
-        with torch.no_grad():
-            hidden = blocks.encode_prompts(c.tokenizer, c.text_encoder, prompts, self.device)
-        self.emb = {p: h for p, h in zip(prompts, hidden)}  # prompt -> (77, width)
+        self.emb: dict[str, torch.Tensor] = {}  # prompt -> (77, width), filled by `_stack`
+        self._stack(sorted({""} | {p for concept in self.concepts for p in concept.values() if p} |
+                           set(getattr(self.o, "preserve", []))))  # every known prompt encoded once, up front
         self.unet = c.unet
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:

@@ -58,6 +58,16 @@ def factor(diff: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, f
     return up.float().contiguous(), down.float().contiguous(), err
 
 
+def as_matrix(key: str, diff: torch.Tensor) -> torch.Tensor | None:
+    """The 2-D map a LoRA can hold for this difference (a Linear weight, a 1x1 convolution flattened), else None
+    (a bias, a k x k convolution)."""
+    if not key.endswith(".weight"):
+        return None
+    if diff.ndim == 4 and diff.shape[2:] == (1, 1):
+        return diff.flatten(1)
+    return diff if diff.ndim == 2 else None
+
+
 def to_lora(art: Artifact, rank: int = 16) -> Export:
     """The kohya-layout LoRA of an erasure artifact's `diff` weights at `rank` (capped at the largest rank any
     module can have), alpha = rank."""
@@ -66,15 +76,15 @@ def to_lora(art: Artifact, rank: int = 16) -> Export:
                             f"is {art.kind!r}")
     if rank < 1:
         raise ArtifactError(f"LoRA rank must be >= 1, got {rank}")
-    matrices = [d.flatten(1) for d in art.weights.values() if d.ndim == 2 or d.shape[2:] == (1, 1)]
-    rank = min(rank, max((min(m.shape) for m in matrices), default=rank))  # no padding beyond any module's need
+    matrices = {key: as_matrix(key, diff) for key, diff in sorted(art.weights.items())}
+    # no zero-padding beyond the largest rank any module can have
+    rank = min(rank, max((min(m.shape) for m in matrices.values() if m is not None), default=rank))
     out = Export({}, rank)
-    for key, diff in sorted(art.weights.items()):
-        module, kind = key.removeprefix("unet.").rsplit(".", 1)
-        flat = diff.flatten(1) if diff.ndim == 4 and diff.shape[2:] == (1, 1) else diff
-        if kind != "weight" or flat.ndim != 2:
-            out.left_out[key] = float(diff.norm())
+    for key, flat in matrices.items():
+        if flat is None:
+            out.left_out[key] = float(art.weights[key].norm())
             continue
+        module = key.removeprefix("unet.").removesuffix(".weight")
         up, down, err = factor(flat, rank)
         name = "lora_unet_" + module.replace(".", "_")
         out.state_dict |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,

@@ -28,7 +28,7 @@ def canonical(train_method: str) -> str:
     """The filter's name in FILTERS for either spelling; a clear error for anything else."""
     name = ALIASES.get(train_method, train_method)
     if name not in FILTERS:
-        spellings = ", ".join(f"{f}" for f in FILTERS) + " (or " + ", ".join(ALIASES) + ")"
+        spellings = ", ".join(FILTERS) + " (or " + ", ".join(ALIASES) + ")"
         raise MethodError(f"method.train_method={train_method!r} is not a parameter filter; expected one of "
                           f"{spellings}")
     return name

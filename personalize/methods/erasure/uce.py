@@ -83,7 +83,8 @@ class UCE:
                            "list the ones to keep in method.preserve", len(options.concepts), MANY_CONCEPTS)
 
     def setup(self, components, config, accelerator) -> None:
-        c, o = self.c, self.o = components, self.o
+        self.c = c = components
+        o = self.o
         blocks.freeze(c.vae, c.unet, c.text_encoder)
         guides = o.guides * len(o.concepts) if len(o.guides) == 1 else list(o.guides)
         with torch.no_grad():

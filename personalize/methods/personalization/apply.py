@@ -47,12 +47,15 @@ def _delta_targets(pipe, art: Artifact) -> list[tuple[torch.nn.Parameter, torch.
     return targets
 
 
-def _apply_delta(targets) -> Undo:
+def write_parameters(pairs, add: bool = False) -> Undo:
+    """Set each (parameter, value) pair's parameter to `value` (or add `value` to it), in place; the undo
+    restores the values saved before. Shared by the `delta` kind and erasure's `diff` kind."""
     saved = []
     with torch.no_grad():
-        for param, value, _ in targets:
+        for param, value in pairs:
             saved.append((param, param.detach().clone()))
-            param.copy_(value.to(device=param.device, dtype=param.dtype))
+            value = value.to(device=param.device, dtype=param.dtype)
+            param.add_(value) if add else param.copy_(value)
 
     def undo() -> None:
         with torch.no_grad():
@@ -60,6 +63,10 @@ def _apply_delta(targets) -> Undo:
                 param.copy_(original)
 
     return undo
+
+
+def _apply_delta(targets) -> Undo:
+    return write_parameters([(param, value) for param, value, _ in targets])
 
 
 def _apply_embeddings(pipe, art: Artifact) -> Undo:
