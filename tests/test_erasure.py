@@ -216,6 +216,25 @@ def test_the_sampler_at_k_zero_returns_the_noise_and_t_stays_in_range(tiny_sd1):
     assert torch.all(m.ts[:-1] > m.ts[1:])  # noisiest first, as the sampler runs them
 
 
+def test_cached_x_t_is_a_teacher_sample_from_its_own_noise_and_the_pool_stays_bounded(tiny_sd1):
+    from personalize.methods.sampling import sample
+
+    m = _eraser(tiny_sd1, "esd", ddim_steps=6, xt_sampler="teacher", xt_cache=3, concepts=["a dog", "a cat"])
+    gen = torch.Generator().manual_seed(0)
+    for k in [5, 0, 3, 5, 2, 4, 1, 5]:
+        x_t = m.make_xt([m.concepts[k % 2]], k, gen)  # (1, 4, h, w)
+        assert x_t.shape == m.latent_shape(1)
+    assert len(m._pool) <= 3 * 2 and all(len(path) == 6 for path in m._pool.values())
+    (concept, j), path = next(iter(m._pool.items()))
+    noise = torch.randn(m.latent_shape(1), generator=torch.Generator().manual_seed(1_009 * concept + j))
+    prompt = m.concepts[concept]["erase"]
+    fresh = sample(m.teacher, m.scheduler, m._stack([prompt]), 6, 0, 4, latents=noise * m.scheduler.init_noise_sigma,
+                   guidance=3.0, uncond=m._stack([""]))
+    torch.testing.assert_close(path[4], fresh, atol=1e-5, rtol=1e-4)  # four steps at once = four steps one by one
+    again = _eraser(tiny_sd1, "esd", ddim_steps=6, xt_sampler="teacher", xt_cache=3, concepts=["a dog", "a cat"])
+    assert torch.equal(again._trajectory(prompt, j)[4], path[4])  # the same run seed: the same pool, in any order
+
+
 def test_bad_options_are_refused_before_loading(tiny_sd1):
     def build(**opts):
         cfg = load_config([], {"method": {"name": "abo", "concepts": ["a", "b"]} | opts})
@@ -227,6 +246,10 @@ def test_bad_options_are_refused_before_loading(tiny_sd1):
         build(xt_sampler="vae")
     with pytest.raises(MethodError, match="not a parameter filter"):
         build(train_method="attn")
+    with pytest.raises(MethodError, match="xt_cache=4.*xt_sampler=teacher"):
+        build(xt_cache=4)  # the student's samples change every step
+    with pytest.raises(MethodError, match="xt_cache=-1"):
+        build(xt_cache=-1, xt_sampler="teacher")
     assert [c["alternative"] for c in build(alternatives=["x"]).concepts] == ["x", "x"]
 
 

@@ -27,6 +27,7 @@ class Options:
     xt_sampler: str = "student"
     ddim_steps: int = 50
     xt_guidance: float = 3.0
+    xt_cache: int = 0  # as esd's: cached teacher trajectories per concept (0: a fresh x_t every step)
 
 
 def build(options: Options, config) -> Eraser:

@@ -26,6 +26,9 @@ class Options:
     xt_sampler: str = "student"  # who draws x_t: the model being trained (paper) or the frozen "teacher"
     ddim_steps: int = 50
     xt_guidance: float = 3.0  # classifier-free guidance while drawing x_t
+    # teacher x_t only: keep this many DDIM trajectories per concept and draw x_t from them (0: a fresh sample
+    # every step, as the official code). Ours, for speed: a step then costs about one DreamBooth step.
+    xt_cache: int = 0
 
 
 def build(options: Options, config) -> Eraser:
