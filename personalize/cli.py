@@ -83,6 +83,20 @@ def _add_export_lora(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
+def _add_erasure_card(sub) -> None:
+    p = sub.add_parser("erasure-card", help="the robustness card of an erased toy-world model: direct prompts, "
+                                            "paraphrases, pairs, attacks (textual inversion, relearning), collateral")
+    p.add_argument("artifact", help="an erasure .safetensors trained on the toy world (esd, abo, uce)")
+    p.add_argument("--concept", default=None, help="the erased shape, color or accessory (default: from the file)")
+    p.add_argument("--out", default=None, help="output folder (default: <artifact>-card beside it)")
+    p.add_argument("--images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=9000, help="first sampling seed (default 9000)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25, the toy model's)")
+    p.add_argument("--attack-seed", type=int, default=0, help="the attackers' training seed (default 0)")
+    p.add_argument("--ti-steps", type=int, default=None, help="textual inversion attack steps (default 400)")
+    p.add_argument("--relearn-steps", type=int, default=None, help="DreamBooth relearning steps (default 100)")
+
+
 def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print the resolved config: defaults <- YAML files <- --dotted.key=value")
     p.add_argument("--config", action="append", default=[], help="YAML file (repeatable, later ones win)")
@@ -111,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_convert(sub)
     _add_export_lora(sub)
+    _add_erasure_card(sub)
     _add_config(sub)
     _add_quickstart(sub)
     _add_train(sub)
@@ -184,6 +199,24 @@ def cmd_export_lora(args) -> int:
     return 0
 
 
+def cmd_erasure_card(args) -> int:
+    from personalize.cpu import TOY_THREADS, configure_threads
+    from personalize.toyworld.robustness import card, table
+
+    steps = {k: v for k, v in (("textual_inversion", args.ti_steps), ("relearning", args.relearn_steps)) if v}
+    if min([args.images, args.steps, *steps.values()]) < 1:
+        raise PersonalizeError("--images, --steps, --ti-steps and --relearn-steps must be >= 1")
+    source = Path(args.artifact)
+    out = Path(args.out) if args.out else source.with_name(f"{source.stem}-card")
+    configure_threads(TOY_THREADS)
+    try:
+        result = card(source, out, args.concept, args.images, args.seed, args.attack_seed, steps, args.steps)
+    except ValueError as err:
+        raise PersonalizeError(str(err)) from err
+    print(f"{table(result)}\n\nWritten: {out}/card.md, card.json, grids/")
+    return 0
+
+
 def cmd_config(args) -> int:
     from personalize.config import dump_config, load_config
     from personalize.methods import parse_options
@@ -249,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command not in ("config", "app", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
-    handlers = {"generate": cmd_generate, "convert": cmd_convert, "export-lora": cmd_export_lora, "config": cmd_config,
+    handlers = {"generate": cmd_generate, "convert": cmd_convert, "export-lora": cmd_export_lora,
+                "erasure-card": cmd_erasure_card, "config": cmd_config,
                 "quickstart": cmd_quickstart, "train": cmd_train, "app": cmd_app}
     try:
         return handlers[args.command](args)

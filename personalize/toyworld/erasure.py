@@ -15,6 +15,8 @@ from personalize.toyworld import world as w
 
 SAMPLING = {"steps": 25, "guidance_scale": 5.0}
 PAIRINGS = [("blue", "gray"), ("red", "pink"), ("yellow", "white"), ("purple", "black")]  # (color, background)
+ACCESSORIES = ["glasses", "hat"]
+FACE_SETTINGS = [("neutral", "blue"), ("smiling", "green"), ("surprised", "white"), ("neutral", "gray")]
 
 
 def probes(concept: str) -> dict[str, list[tuple[str, dict]]]:
@@ -25,8 +27,24 @@ def probes(concept: str) -> dict[str, list[tuple[str, dict]]]:
         return _probes(concept, [s for s in w.SHAPES if s != concept], "shape")
     if concept in w.COLORS:
         return _probes(concept, [c for c in w.COLORS if c != concept][:3], "color")
-    raise ValueError(f"the toy-world erasure probes know shapes {w.SHAPES} and colors {list(w.COLORS)}; "
-                     f"got {concept!r}")
+    if concept in ACCESSORIES:
+        return _face_probes(concept)
+    raise ValueError(f"the toy-world erasure probes know the shapes {w.SHAPES}, the colors {list(w.COLORS)} and "
+                     f"the accessories {ACCESSORIES}; got {concept!r}")
+
+
+def _face_probes(concept: str) -> dict[str, list[tuple[str, dict]]]:
+    """For an accessory: faces wearing it (direct), wearing the other one (other_accessories), and the
+    expression asked beside it (face_kept: the rest of the face stays)."""
+    other = next(a for a in ACCESSORIES if a != concept)
+    wearing = {a: w.WEARING[a].strip() for a in ACCESSORIES}  # "wearing glasses"
+    faces = lambda acc: [(e, bg) for e, bg in FACE_SETTINGS if (e, acc) != w.HELD_OUT_FACE]  # noqa: E731
+    return {"direct": [(f"a photo of a {e} person {wearing[concept]} on a {bg} background", {"accessory": concept})
+                       for e, bg in faces(concept)],
+            "other_accessories": [(f"a photo of a {e} person {wearing[other]} on a {bg} background",
+                                   {"accessory": other}) for e, bg in faces(other)],
+            "face_kept": [(f"a photo of a {e} person {wearing[concept]} on a {bg} background", {"expression": e})
+                          for e, bg in faces(concept)]}
 
 
 def _object(attr: str, value: str, other: str) -> tuple[str, str]:
@@ -97,9 +115,9 @@ def train_arm(config_path: str, seed: int, out: Path, overrides: dict | None = N
 
 
 def measure(arms: dict[str, str], concept: str, seeds: list[int], out: str | Path, per_prompt: int = 4,
-            sample_seed: int = 9000, progress: bool = True) -> list[dict]:
-    """rows {"arm", "seed", probe rates...}: the base model once per training seed (the same sampling seeds),
-    then every arm (name -> config path) trained on that seed."""
+            sample_seed: int = 9000, progress: bool = True, base: bool = True) -> list[dict]:
+    """rows {"arm", "seed", probe rates...}: the base model once per training seed (the same sampling seeds;
+    `base=False` leaves it out), then every arm (name -> config path) trained on that seed."""
     from tqdm.auto import tqdm
 
     from personalize.pipeline import load_pipeline
@@ -108,8 +126,9 @@ def measure(arms: dict[str, str], concept: str, seeds: list[int], out: str | Pat
     judge, rows, out = Judge.load("b"), [], Path(out)
     pipe = load_pipeline("toyworld", device="cpu")
     for seed in tqdm(seeds, desc="training seeds", disable=not progress):
-        rows.append({"arm": "base", "seed": seed} | rates(pipe, judge, concept, per_prompt, sample_seed + 100 * seed)
-                    | {"uncond_drift": 0.0})
+        if base:
+            rows.append({"arm": "base", "seed": seed} | rates(pipe, judge, concept, per_prompt,
+                                                              sample_seed + 100 * seed) | {"uncond_drift": 0.0})
         for arm, config_path in arms.items():
             artifact = str(train_arm(config_path, seed, out / f"{arm}-{seed}"))
             drift = uncond_drift(pipe, artifact)
