@@ -124,12 +124,15 @@ class Studio:
 
         return [make_edit("suppress_eot", {"words": words, "suppress_mode": suppress_mode})]
 
-    def check(self, prompt: str, artifacts: list[str] = (), num_images: int = 1, edits: list = ()) -> None:
-        """Raise the error `generate` would give for these settings, before any denoising: an empty prompt, a bad
-        image count, an artifact that is not in the folder or does not fit the base, an edit that does not apply to
-        the prompt. Leaves `artifacts` applied."""
+    def check(self, prompt: str, artifacts: list[str] = (), num_images: int = 1, edits: list = (),
+              compare: bool = False) -> None:
+        """Raise the error `generate` (`compare`: `compare`) would give for these settings, before any denoising:
+        an empty prompt, a bad image count, an artifact that is not in the folder or does not fit the base, an edit
+        that does not apply to the prompt, a comparison without an erasure. Leaves `artifacts` applied."""
         self._prepare(prompt, artifacts, num_images)
         self.pipe.check_edits([prompt], list(edits))
+        if compare:
+            self._erasures_to_compare(artifacts)
 
     def _prepare(self, prompt: str, artifacts, num_images) -> None:
         """The settings checks of `check` apart from the edits (which `Pipeline.generate` checks itself), then
@@ -144,12 +147,34 @@ class Studio:
                  steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,
                  num_images: int = 1, edits: list = ()) -> list:
         """Generate with exactly `artifacts` applied (paths in the artifacts folder) and `edits` (`Studio.edits`).
-        seed -1 draws one (reported in each image's settings)."""
+        seed -1 draws one (reported in each image's settings); a list gives each image its seed."""
         self._prepare(prompt, artifacts, num_images)  # the edits are checked by Pipeline.generate, before any image
-        return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images),
-                                  seed=None if int(seed) < 0 else int(seed), steps=int(steps),
+        seeds = [int(s) for s in seed] if isinstance(seed, list) else None if int(seed) < 0 else int(seed)
+        return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images), seed=seeds, steps=int(steps),
                                   guidance_scale=float(guidance_scale), width=width and int(width),
                                   height=height and int(height), edits=list(edits))
+
+    def erasures(self, artifacts: list[str]) -> list[str]:
+        """The chosen artifacts that erase concepts (their entries list `erases: ...`)."""
+        erasing = {e.rel for e in self.entries() if e.erases}
+        return [a for a in artifacts if a in erasing]
+
+    def _erasures_to_compare(self, artifacts) -> list[str]:
+        erasing = self.erasures(list(artifacts))
+        if not erasing:
+            raise PersonalizeError("the comparison needs an erasure artifact among the chosen ones (its label "
+                                   "says 'erases: ...')")
+        return erasing
+
+    def compare(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
+                **settings) -> tuple[list, list]:
+        """(erased, without): the images with `artifacts`, then on the same seeds without the erasure artifacts
+        among them (everything else still applied): what the erasure changed, image by image."""
+        erasing = self._erasures_to_compare(artifacts)
+        erased = self.generate(prompt, negative_prompt, artifacts, seed, **settings)
+        seeds = [g.settings["seed"] for g in erased]
+        kept = [a for a in artifacts if a not in erasing]
+        return erased, self.generate(prompt, negative_prompt, kept, seeds, **settings)
 
     def save(self, images: list) -> list[Path]:
         """Write each GeneratedImage as a PNG (settings in its text chunk) under the outputs folder, atomically."""

@@ -101,6 +101,34 @@ def test_check_refuses_what_generate_would_refuse_without_denoising(studio, monk
         studio.check(PROMPT, edits=studio.edits("zebra", "swr"))
 
 
+def test_compare_shows_each_seed_with_and_without_the_erasure(tmp_path):
+    from personalize.artifacts import save_artifact
+    from personalize.pipeline import load_pipeline
+    from personalize.studio import Studio
+
+    pipe = load_pipeline("toyworld", device="cpu")
+    key = next(k for k in pipe.sd.unet.state_dict() if "attn2.to_v" in k)
+    diff = torch.randn(pipe.sd.unet.state_dict()[key].shape, generator=torch.Generator().manual_seed(0))
+    save_artifact(tmp_path / "erase.safetensors", "esd", "toyworld", weights={f"unet.{key}": diff}, kind="diff",
+                  concepts="a triangle")
+    save_embedding(tmp_path, "sks", torch.randn(1, 48, generator=torch.Generator().manual_seed(0)),
+                   "textual_inversion", "toyworld")
+    studio = Studio(pipe, tmp_path, tmp_path / "out")
+    chosen = ["sks.safetensors", "erase.safetensors"]
+    assert studio.erasures(chosen) == ["erase.safetensors"]
+    erased, without = studio.compare(PROMPT + " sks", "", chosen, seed=-1, steps=5, num_images=2)
+    seeds = [g.settings["seed"] for g in erased]
+    assert [g.settings["seed"] for g in without] == seeds and seeds[1] == seeds[0] + 1
+    assert without[0].settings["artifacts"] == ["sks"] and erased[0].settings["artifacts"] == ["sks", "erase"]
+    alone = studio.generate(PROMPT + " sks", artifacts=["sks.safetensors"], seed=seeds[0], steps=5, num_images=2)[0]
+    assert np.array_equal(np.asarray(alone.image), np.asarray(without[0].image))  # the same seed, the erasure off
+    assert not np.array_equal(np.asarray(erased[0].image), np.asarray(without[0].image))
+    with pytest.raises(PersonalizeError, match="needs an erasure artifact"):
+        studio.check(PROMPT, ["sks.safetensors"], compare=True)
+    with pytest.raises(PersonalizeError, match="needs an erasure artifact"):
+        studio.compare(PROMPT, "", ["sks.safetensors"], seed=1, steps=2)
+
+
 def test_save_writes_pngs_with_settings(studio, folders):
     images = studio.generate(PROMPT, seed=3, steps=3, num_images=2)
     paths = studio.save(images)
@@ -179,6 +207,14 @@ def test_api_suppression(server):
     with pytest.raises(Exception, match="cannot suppress .zebra."):  # the API refuses it too (the page's check step is private)
         client.predict(PROMPT, "", [], 5, 10, 5, 32, 32, 1, "zebra", "swr", api_name="/generate")
     assert "/check" not in str(client.view_api(print_info=False, return_format="dict"))
+
+
+def test_api_compare_without_an_erasure_is_refused(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    with pytest.raises(Exception, match="needs an erasure artifact"):
+        client.predict(PROMPT, "", [], 5, 2, 5, 32, 32, 1, "", "off", True, api_name="/generate")
 
 
 def test_files_outside_the_allowed_folders_are_not_served(server):

@@ -47,23 +47,31 @@ class Callbacks:
         self.studio = studio
 
     def check(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-              suppress, suppress_mode):
+              suppress, suppress_mode, compare=False):
         """Run before `generate` (same inputs, no outputs): a bad setting is a message, and the gallery keeps
         the last images instead of an error overlay (gradio marks the failing event's outputs)."""
         try:
-            self.studio.check(prompt, artifacts, num_images, self.studio.edits(suppress, suppress_mode))
+            self.studio.check(prompt, artifacts, num_images, self.studio.edits(suppress, suppress_mode), compare)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
 
     def generate(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-                 suppress, suppress_mode, progress=gr.Progress(track_tqdm=True)):
+                 suppress, suppress_mode, compare=False, progress=gr.Progress(track_tqdm=True)):
+        """The images; with `compare`, each beside the same seed without the erasure artifacts."""
+        settings = {"steps": steps, "guidance_scale": guidance_scale, "width": width, "height": height,
+                    "num_images": num_images}
         try:
-            edits = self.studio.edits(suppress, suppress_mode)
-            images = self.studio.generate(prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width,
-                                          height, num_images, edits)
+            settings["edits"] = self.studio.edits(suppress, suppress_mode)
+            if not compare:
+                images = self.studio.generate(prompt, negative_prompt, artifacts, seed, **settings)
+                return [(shown(im.image), f"seed {im.settings['seed']}") for im in images], \
+                    self.studio.info(images), images
+            erased, without = self.studio.compare(prompt, negative_prompt, artifacts, seed, **settings)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
-        return [(shown(im.image), f"seed {im.settings['seed']}") for im in images], self.studio.info(images), images
+        shown_pairs = [(shown(im.image), f"seed {im.settings['seed']} · {label}")
+                       for pair in zip(without, erased) for im, label in zip(pair, ("without erasure", "erased"))]
+        return shown_pairs, self.studio.info(erased), erased
 
     def save(self, images):
         if not images:
@@ -114,6 +122,8 @@ def _settings_column(studio) -> dict:
     with gr.Row():
         c["width"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Width")
         c["height"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Height")
+    c["compare"] = gr.Checkbox(False, label="Compare: each image beside the same seed without the erasure artifacts",
+                               elem_id="compare")
     c["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
     return c
 
@@ -136,7 +146,7 @@ def build(studio, title: str = "personalize") -> gr.Blocks:
             save = gr.Button("Save to outputs", elem_id="save")
             saved = gr.Markdown()
         inputs = [c[k] for k in ("prompt", "negative", "artifacts", "seed", "steps", "guidance", "width", "height",
-                                 "num_images", "suppress", "suppress_mode")]
+                                 "num_images", "suppress", "suppress_mode", "compare")]
         checked = c["run"].click(on.check, inputs, None, api_visibility="private", show_progress="hidden",
                                  concurrency_limit=1, concurrency_id="model")
         checked.success(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,
