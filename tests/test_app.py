@@ -30,7 +30,19 @@ def folders(tmp_path_factory):
     save_embedding(arts, "sks", torch.randn(1, 48, generator=torch.Generator().manual_seed(0)) * 2,
                    "textual_inversion", "toyworld")
     save_embedding(arts, "wide", torch.randn(1, 768), "textual_inversion", "sd15")  # another model family
+    _save_erasure(arts / "erase.safetensors")
     return arts, root / "outputs"
+
+
+def _save_erasure(path):
+    """An erasure-kind artifact (a random difference on one cross-attention value projection)."""
+    from personalize.artifacts import save_artifact
+    from personalize.pipeline import load_pipeline
+
+    unet = load_pipeline("toyworld", device="cpu").sd.unet.state_dict()
+    key = next(k for k in unet if "attn2.to_v" in k)
+    diff = torch.randn(unet[key].shape, generator=torch.Generator().manual_seed(0))
+    save_artifact(path, "esd", "toyworld", weights={f"unet.{key}": diff}, kind="diff", concepts="a triangle")
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +114,11 @@ def test_check_refuses_what_generate_would_refuse_without_denoising(studio, monk
 
 
 def test_compare_shows_each_seed_with_and_without_the_erasure(tmp_path):
-    from personalize.artifacts import save_artifact
     from personalize.pipeline import load_pipeline
     from personalize.studio import Studio
 
     pipe = load_pipeline("toyworld", device="cpu")
-    key = next(k for k in pipe.sd.unet.state_dict() if "attn2.to_v" in k)
-    diff = torch.randn(pipe.sd.unet.state_dict()[key].shape, generator=torch.Generator().manual_seed(0))
-    save_artifact(tmp_path / "erase.safetensors", "esd", "toyworld", weights={f"unet.{key}": diff}, kind="diff",
-                  concepts="a triangle")
+    _save_erasure(tmp_path / "erase.safetensors")
     save_embedding(tmp_path, "sks", torch.randn(1, 48, generator=torch.Generator().manual_seed(0)),
                    "textual_inversion", "toyworld")
     studio = Studio(pipe, tmp_path, tmp_path / "out")
@@ -209,10 +217,16 @@ def test_api_suppression(server):
     assert "/check" not in str(client.view_api(print_info=False, return_format="dict"))
 
 
-def test_api_compare_without_an_erasure_is_refused(server):
+def test_api_compare_pairs_each_seed_and_refuses_without_an_erasure(server):
     from gradio_client import Client
 
     client = Client(server[0], verbose=False)
+    pairs, info = client.predict(PROMPT, "", ["erase.safetensors"], 5, 4, 5, 32, 32, 1, "", "off", True,
+                                 api_name="/generate")
+    assert [item["caption"] for item in pairs] == ["seed 5 · without erasure", "seed 5 · erased"]
+    plain, _ = _call(client, 5, n=1)
+    without, erased = _pixels(pairs)
+    assert np.array_equal(without, _pixels(plain)[0]) and not np.array_equal(without, erased)
     with pytest.raises(Exception, match="needs an erasure artifact"):
         client.predict(PROMPT, "", [], 5, 2, 5, 32, 32, 1, "", "off", True, api_name="/generate")
 
