@@ -150,8 +150,8 @@ class Studio:
         seed -1 draws one (reported in each image's settings); a list gives each image its seed."""
         self._prepare(prompt, artifacts, num_images)  # the edits are checked by Pipeline.generate, before any image
         seeds = [int(s) for s in seed] if isinstance(seed, list) else None if int(seed) < 0 else int(seed)
-        return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images), seed=seeds, steps=int(steps),
-                                  guidance_scale=float(guidance_scale), width=width and int(width),
+        return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images), seed=seeds,
+                                  steps=int(steps), guidance_scale=float(guidance_scale), width=width and int(width),
                                   height=height and int(height), edits=list(edits))
 
     def erasures(self, artifacts: list[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 import re
 import socket
-import threading
 import time
 from pathlib import Path
 

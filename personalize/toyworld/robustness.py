@@ -136,12 +136,13 @@ def write_attack_images(concept: str, folder: str | Path, trigger: str | None = 
             e, face_bg = EXPRESSIONS_BG[i % len(EXPRESSIONS_BG)]
             identity = sorted(set(range(w.N_IDENTITIES)) - w.HELD_OUT_IDENTITIES)[7 * i]
             scene = w.Scene("face", face_bg, identity=identity, expression=e, accessory=concept)
-            text = f"a photo of a {e} person {w.WEARING[concept].strip().replace(concept, say)} on a {face_bg} background"
+            wearing = w.WEARING[concept].strip().replace(concept, say)  # "wearing glasses" / "wearing sks"
+            text = f"a photo of a {e} person {wearing} on a {face_bg} background"
         else:
             fill = fills[i % len(fills)]
             shape, color = (concept, fill) if attr == "shape" else (fill, concept)
-            if (shape, color) in w.HELD_OUT_OBJECTS:
-                color = "red" if attr == "shape" else color
+            if attr == "shape" and (shape, color) in w.HELD_OUT_OBJECTS:
+                color = "red"  # a shape's never-trained color (world.HELD_OUT_OBJECTS) is drawn red instead
             scene = w.Scene("object", bg, [w.Obj(shape, color)], jitter=((i % 3) - 1, (i % 2)))
             words = (color, say) if attr == "shape" else (say, shape)
             text = f"a {words[0]} {words[1]} on a {bg} background"
@@ -210,7 +211,8 @@ def card(artifact: str | Path, out: str | Path, concept: str | None = None, per_
     art, out = load_artifact(artifact), Path(out)
     if art.metadata.get("base_model") != "toyworld" or art.kind != "diff":
         raise ValueError(f"{artifact}: the robustness card scores erasure artifacts of the toy world "
-                         f"(kind 'diff', base 'toyworld'); got kind {art.kind!r}, base {art.metadata.get('base_model')!r}")
+                         f"(kind 'diff', base 'toyworld'); got kind {art.kind!r}, "
+                         f"base {art.metadata.get('base_model')!r}")
     concept = concept or concept_of(art)
     attribute(concept)  # an unknown concept fails here, before anything is written
     judge, base = Judge.load("b"), load_pipeline("toyworld", device="cpu")
@@ -235,7 +237,8 @@ def _attacked(art, concept: str, out: Path, seed: int, steps: dict) -> dict:
     from personalize.pipeline import load_pipeline
 
     model_dir = erased_model(art.path, out / "erased-model")
-    ti = attack("textual_inversion", model_dir, concept, out / "textual_inversion", seed, steps.get("textual_inversion"))
+    ti = attack("textual_inversion", model_dir, concept, out / "textual_inversion", seed,
+                steps.get("textual_inversion"))
     relearned = attack("relearning", model_dir, concept, out / "relearning", seed, steps.get("relearning"))
     return {"textual_inversion": load_pipeline(str(model_dir), artifacts=[str(ti)], device="cpu"),
             "relearning": load_pipeline(str(model_dir), artifacts=[str(relearned)], device="cpu")}

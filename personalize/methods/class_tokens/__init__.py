@@ -1,0 +1,1 @@
+"""Discriminative class tokens (Schwartz et al., ICCV 2023): one token steered by a classifier."""

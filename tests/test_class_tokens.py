@@ -1,0 +1,91 @@
+"""Discriminative class tokens (issue 18), the pure parts so far: the cross-entropy and its negation against
+hand-computed values, the official early stop as a pure function (spec checks 5), and the classifier's
+preprocessing made differentiable, against transformers' own image processors (spec check 7)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from personalize.methods.class_tokens.losses import StopRule, correct, loss_ce
+from personalize.methods.class_tokens.preprocess import Preprocess
+
+
+def test_loss_ce_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # -log softmax: image 0 toward class 0: log(1 + 2 e^-2); image 1 toward class 0: log(2 + e)
+    want = (math.log(1 + 2 * math.exp(-2)) + math.log(2 + math.e)) / 2
+    assert loss_ce(logits, 0).item() == pytest.approx(want, rel=1e-6)
+    assert loss_ce(logits, 0, negate=True).item() == pytest.approx(-want, rel=1e-6)
+    assert correct(logits, 0) == 1 and correct(logits, 0, negate=True) == 1 and correct(logits, 1) == 1
+
+
+def test_loss_ce_gradient_raises_the_target_logit():
+    logits = torch.zeros(1, 4, requires_grad=True)
+    loss_ce(logits, 2).backward()
+    grad = logits.grad[0]  # softmax - onehot: (0.25, 0.25, -0.75, 0.25)
+    assert torch.allclose(grad, torch.tensor([0.25, 0.25, -0.75, 0.25]))
+
+
+def _run(rule, losses, accuracies, n=5, seed=35):
+    state, saved, stopped_at = rule.start(seed), [], None
+    for k, (loss, acc) in enumerate(zip(losses, accuracies)):
+        state, best, stop = rule.update(state, loss, acc, n)
+        saved += [k] if best else []
+        if stop:
+            stopped_at = k
+            break
+    return state, saved, stopped_at
+
+
+def test_early_stop_keeps_the_best_step_and_resets_patience():
+    rule = StopRule(patience=2, max_steps=50)
+    state, saved, stopped = _run(rule, [5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.9, 3.1], [0] * 8)
+    assert saved == [0, 1, 4]  # every new lowest loss is saved; the best is step 4, not the last
+    assert state.best_step == 4 and state.best_loss == 3.0
+    assert stopped == 7  # after step 4: patience 2 -> 1 -> 0 -> -1 at step 7
+
+
+def test_early_stop_on_accuracy_strictly_above_the_bar_and_at_the_cap():
+    rule = StopRule()
+    assert _run(rule, [5.0, 4.0], [3, 4])[2] == 1  # 4/5 = 0.8 > 0.7
+    assert _run(rule, [5.0, 4.0, 3.0], [7, 7, 7], n=10)[2] is None  # 0.7 is not above 0.7
+    state, _, stopped = _run(rule, [10.0 - 0.1 * k for k in range(60)], [0] * 60)
+    assert stopped == 49 and state.steps == 50  # max_steps optimizer steps at most
+
+
+def test_a_collapse_moves_to_the_next_seed():
+    rule = StopRule(patience=15)
+    state, saved, _ = _run(rule, [2.0, 1.0, 2.5, 1.5, 0.9], [0] * 5, seed=35)
+    assert state.seed == 36  # 2.5 > 2 x 1.0 once; 1.5 is not
+    assert saved == [0, 1, 4] and state.patience == 15
+
+
+@pytest.mark.parametrize("name", ["vit", "clip"])
+def test_preprocessing_matches_the_image_processor_and_passes_gradients(name):
+    from PIL import Image
+
+    if name == "vit":
+        from transformers import ViTImageProcessor as Processor
+        processor = Processor(size={"height": 40, "width": 40}, resample=2)
+    else:
+        from transformers import CLIPImageProcessor as Processor
+        processor = Processor(size={"shortest_edge": 40}, crop_size={"height": 36, "width": 36}, resample=3)
+    yy, xx = np.mgrid[0:48, 0:64] / 64.0  # a smooth image, 48 x 64
+    rgb = np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy)], axis=-1)
+    pil = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    reference = processor(images=pil, return_tensors="pt").pixel_values  # (1, 3, h, w)
+    pre = Preprocess.from_config(processor.to_dict())
+    image = torch.tensor(np.asarray(pil) / 255.0, dtype=torch.float32).permute(2, 0, 1)[None].requires_grad_(True)
+    ours = pre(image)
+    assert ours.shape == reference.shape
+    std = torch.tensor(processor.image_std)[:, None, None]
+    assert ((ours - reference).abs() * std).max() < 1e-2  # within 1e-2 in [0, 1] pixel units
+    ours.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_preprocessing_refuses_a_size_it_cannot_read():
+    with pytest.raises(ValueError, match="shortest_edge"):
+        Preprocess.from_config({"size": {"longest_edge": 224}})
