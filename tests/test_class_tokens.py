@@ -89,3 +89,54 @@ def test_preprocessing_matches_the_image_processor_and_passes_gradients(name):
 def test_preprocessing_refuses_a_size_it_cannot_read():
     with pytest.raises(ValueError, match="shortest_edge"):
         Preprocess.from_config({"size": {"longest_edge": 224}})
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A random ViTForImageClassification built from a config (no download), saved with its image processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37, num_labels=3, id2label={0: "tiger cat, cat", 1: "Great_Dane", 2: "car"},
+                       label2id={"tiger cat, cat": 0, "Great_Dane": 1, "car": 2})
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+def test_a_transformers_classifier_is_frozen_names_its_classes_and_passes_gradients(tiny_vit):
+    from personalize.methods.class_tokens.classifiers import class_name, hf_classifier
+
+    clf = hf_classifier(str(tiny_vit))
+    assert not clf.model.training and not any(p.requires_grad for p in clf.model.parameters())
+    assert clf.target("tiger cat") == {"logits": 0} and clf.target("Tiger Cat, cat") == {"logits": 0}
+    assert clf.target(2) == {"logits": 2} and clf.target("1") == {"logits": 1}
+    assert class_name(clf.labels["logits"][1]) == "great dane"
+    with pytest.raises(Exception, match="no class 'zebra'.*'car'"):
+        clf.target("zebra")
+    with pytest.raises(Exception, match="outside 0..2"):
+        clf.target(3)
+    images = torch.rand(2, 3, 48, 48, requires_grad=True)
+    logits = clf.logits(images)["logits"]  # (2, 3)
+    assert logits.shape == (2, 3)
+    loss_ce(logits, 0).backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_the_toy_judge_as_classifier_reads_a_rendered_identity():
+    from personalize.methods.class_tokens.classifiers import identity_target, judge_classifier
+    from personalize.toyworld import world as w
+
+    clf = judge_classifier("a")
+    identity = sorted(w.HELD_OUT_IDENTITIES)[5]
+    target = clf.target(identity_target(identity))
+    assert set(target) == {"kind", "face_shape", "skin", "hair_color", "hair_style"}
+    renders = [w.render(w.Scene("face", bg, identity=identity)) for bg in ("blue", "green", "white")]
+    images = torch.tensor(np.stack([np.asarray(r) for r in renders]) / 255.0, dtype=torch.float32).permute(0, 3, 1, 2)
+    logits = clf.logits(torch.nn.functional.interpolate(images, size=64, mode="nearest"))  # any size is resized
+    for head, k in target.items():
+        assert (logits[head].argmax(-1) == k).all(), head
+    with pytest.raises(Exception, match="heads"):
+        clf.target("round")  # several heads: the target must name them
