@@ -28,7 +28,7 @@ class TrainError(PersonalizeError):
 
 @dataclass
 class TrainResult:
-    artifact: Path | None  # None when the run stopped early (`stop_after`)
+    artifact: Path | None  # None when the run was cut short (`stop_after`); a method's own early stop writes it
     step: int
     method: object
 
@@ -271,18 +271,23 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step)
         _periodic(step, run, config)
+        if getattr(method, "should_stop", None) and method.should_stop():  # the method's own early stop (dct)
+            logger.info("the method stopped early at step %d of %d", step, train_cfg.max_train_steps)
+            bar.close()
+            return _finish(run, config, step, stopped=True)
     bar.close()
     return _finish(run, config, step)
 
 
-def _finish(run: _Run, config, step: int) -> TrainResult:
-    """After the last step (or a closed-form setup): `finish`, the artifact (main process), end the trackers."""
+def _finish(run: _Run, config, step: int, stopped: bool = False) -> TrainResult:
+    """After the last step, an early stop or a closed-form setup: `finish`, the artifact (main process), end the
+    trackers."""
     method, accelerator = run.method, run.accelerator
     if hasattr(method, "finish"):
         method.finish()
     accelerator.wait_for_everyone()
     path = None
-    if accelerator.is_main_process and step >= config.train.max_train_steps:
+    if accelerator.is_main_process and (stopped or step >= config.train.max_train_steps):
         path = write_artifact(method, run.components, config)
         logger.info("wrote %s", path)
     accelerator.wait_for_everyone()

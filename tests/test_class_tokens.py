@@ -1,6 +1,9 @@
-"""Discriminative class tokens (issue 18), the pure parts so far: the cross-entropy and its negation against
-hand-computed values, the official early stop as a pure function (spec checks 5), and the classifier's
-preprocessing made differentiable, against transformers' own image processors (spec check 7)."""
+"""Discriminative class tokens (issue 18), so far: the cross-entropy and its negation against hand-computed
+values, the official early stop as a pure function, a classifier's preprocessing made differentiable against
+transformers' own image processors, the steering classifiers (a ViT built from a config, the toy judge), and the
+method on a tiny SD through the loop (registered here only, not yet in the default registry): only the token row
+moves, exactly `grad_steps` UNet calls keep the graph, the noise is fixed per seed and a collapse moves it on,
+the early stop ends training and writes the best-loss token."""
 
 import math
 
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from personalize.artifacts import load_artifact
 from personalize.methods.class_tokens.losses import StopRule, correct, loss_ce
 from personalize.methods.class_tokens.preprocess import Preprocess
 
@@ -140,3 +144,91 @@ def test_the_toy_judge_as_classifier_reads_a_rendered_identity():
         assert (logits[head].argmax(-1) == k).all(), head
     with pytest.raises(Exception, match="heads"):
         clf.target("round")  # several heads: the target must name them
+
+
+# ------------------------------------------------------------------------------------------- the method
+
+def _dct_record():
+    from personalize.methods import MethodRecord
+    from personalize.methods.class_tokens import dct
+    from personalize.methods.personalization.apply import apply_parts
+
+    return MethodRecord("dct", dct.Options, dct.build, apply_parts, "personalization")
+
+
+def _dct_config(model, out, classifier, **options):
+    from personalize.config import load_config
+
+    method = {"name": "dct", "classifier": str(classifier), "target": "car", "sample_steps": 4,
+              "guidance_scale": 3.0} | options
+    return load_config([], {"model": {"pretrained": str(model), "local_files_only": True},
+                            "train": {"output_dir": str(out), "max_train_steps": 3, "report_to": "none",
+                                      "gradient_accumulation_steps": 2, "learning_rate": 5e-2,
+                                      "checkpointing_steps": 10_000, "adam_weight_decay": 1e-2},
+                            "method": method})
+
+
+def _train_dct(cfg):
+    from personalize.methods import REGISTRY
+    from personalize.trainer import train
+
+    return train(cfg, registry=REGISTRY | {"dct": _dct_record()})
+
+
+def test_dct_moves_only_its_token_row_and_writes_one_embedding(tiny_sd1, tiny_vit, tmp_path):
+    from personalize.components import load_components
+
+    base = load_components(str(tiny_sd1))
+    table = base.text_encoder.get_input_embeddings().weight.detach().clone()
+    unet = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    result = _train_dct(_dct_config(tiny_sd1, tmp_path / "out", tiny_vit))
+    c = result.method.c
+    after = c.text_encoder.get_input_embeddings().weight
+    assert after.shape[0] == table.shape[0] + 1
+    assert torch.equal(after[:-1], table)  # every other row bitwise equal, weight decay included
+    assert not torch.equal(after[-1], table[c.tokenizer.convert_tokens_to_ids("a</w>")])  # the token moved
+    assert all(torch.equal(v, c.unet.state_dict()[k]) for k, v in unet.items())
+    art = load_artifact(result.artifact)
+    assert art.triggers == ["dct-car"] and art.embeddings["dct-car"].shape == (1, 32) and art.kind == "none"
+    assert art.metadata["target_label"] == "car" and art.metadata["class_name"] == "car"
+
+
+@pytest.mark.parametrize("grad_steps", [1, 2])
+def test_exactly_grad_steps_unet_calls_keep_the_graph(tiny_sd1, tiny_vit, tmp_path, grad_steps):
+    method = _setup_dct(_dct_config(tiny_sd1, tmp_path, tiny_vit, grad_steps=grad_steps), tiny_sd1)
+    calls = []
+    handle = method.c.unet.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    image = method.generate(method.prompts[0], method.latents_for(0))
+    handle.remove()
+    assert calls == [False] * (4 - grad_steps) + [True] * grad_steps  # one CFG-batched call per step
+    assert image.shape[:2] == (1, 3) and image.requires_grad and 0 <= float(image.min()) <= float(image.max()) <= 1
+    assert torch.equal(method.latents_for(1), method.latents_for(1))  # the same noise every step...
+    method.state = method.rule.update(method.state, 10.0, 0, 2)[0]  # (a first step: best 10)
+    method.state = method.rule.update(method.state, 25.0, 0, 2)[0]  # a collapse: the next seed
+    assert method.state.seed == 36 and not torch.equal(method.latents_for(1), noise_before(method))
+
+
+def noise_before(method):
+    gen = torch.Generator().manual_seed(35)
+    size = method.c.unet.config.sample_size
+    return torch.randn((2, 4, size, size), generator=gen)[1:2]
+
+
+def test_the_early_stop_ends_training_and_writes_the_best_token(tiny_sd1, tiny_vit, tmp_path):
+    cfg = _dct_config(tiny_sd1, tmp_path / "out", tiny_vit, stop_accuracy=-1.0)  # any accuracy is above -1
+    cfg.train.max_train_steps = 5
+    result = _train_dct(cfg)
+    assert result.step == 1 and result.artifact is not None
+    assert load_artifact(result.artifact).metadata["best_step"] == "0"
+
+
+def _setup_dct(cfg, model):
+    from accelerate import Accelerator
+
+    from personalize.components import load_components
+    from personalize.methods import parse_options
+    from personalize.methods.class_tokens import dct
+
+    method = dct.build(parse_options("dct", cfg.method, {"dct": _dct_record()}), cfg)
+    method.setup(load_components(str(model)), cfg, Accelerator(cpu=True))
+    return method

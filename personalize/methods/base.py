@@ -17,6 +17,8 @@ Optional members (looked up with `getattr`, each with the default the loop uses 
     use_modules({name: module})               the modules `accelerator.prepare` returned (DDP-wrapped under
                                               several processes); call those in `training_step`. Default: none
     finish()                                  after the last step, before `artifact`
+    should_stop() -> bool                     asked after each optimizer step: True ends training there, and
+                                              the artifact is written as after the last step (dct's early stop)
     closed_form = True                        the result is computed in `setup` (UCE): the loop makes no
                                               optimizer and runs no step; `trainable_modules` may be empty
     validation_images(pipe, prompt, seeds, steps) -> [PIL.Image]

@@ -66,3 +66,15 @@ class StopRule:
                         patience=self.patience if best else state.patience - 1)
         stop = (n_correct / n_images > self.stop_accuracy or state.patience < 0 or state.steps >= self.max_steps)
         return state, best, stop
+
+
+def loss_heads(logits: dict[str, torch.Tensor], target: dict[str, int], negate: bool = False) -> torch.Tensor:
+    """`loss_ce` summed over a classifier's heads toward {head: class} (one head for a transformers classifier;
+    the toy judge's four identity heads and `kind` for a face identity)."""
+    return sum(loss_ce(logits[head], k, negate) for head, k in target.items())
+
+
+def correct_heads(logits: dict[str, torch.Tensor], target: dict[str, int], negate: bool = False) -> int:
+    """How many images every head reads as its target (`negate`: how many miss at least one head)."""
+    hits = torch.stack([logits[head].argmax(-1) == int(k) for head, k in target.items()]).all(0)  # (B,)
+    return int((~hits if negate else hits).sum())

@@ -1,0 +1,179 @@
+"""Discriminative class tokens (Schwartz et al., "Discriminative Class Tokens for Text-to-Image Diffusion Models",
+ICCV 2023; official code idansc/discriminative_class_tokens, run.py): one token row learned from a classifier.
+
+No images are given. Each micro-step (one image):
+  1. a prompt "<template with> <token> <class_name>" (the token goes *before* the class word, as in run.py);
+  2. DDIM sampling from a fixed noise with the frozen UNet and classifier-free guidance, the graph kept only for
+     the last `grad_steps` steps (the paper's "gradient skipping"; run.py's PNDM scheduler made that 2 UNet
+     calls, `grad_steps: 2` is the nearest DDIM equivalent), each such call checkpointed;
+  3. VAE decode (scaled by the VAE config's scaling_factor), [0, 1], the classifier's own preprocessing,
+     differentiable (`classifiers`, `preprocess`);
+  4. loss_ce toward the target class (`losses`); `negate` pushes away from it (the unmerged PRs #4/#5).
+An optimizer step averages train.gradient_accumulation_steps images (run.py: 5), whose noises come from
+`noise_seed` and are the same every step ("we update the same images"); the official early stop (`StopRule`)
+runs once per optimizer step, and a collapse moves to the next noise seed.
+
+Deviations from run.py, on purpose: the token is its own fp32 parameter (only its row can change, and weight
+decay reaches nothing else); gradients are clipped after unscaling at the optimizer step (the loop's
+`max_grad_norm`), not before backward; prompts are padded to 77 tokens as at inference; the token kept is the
+one that *gave* the lowest summed loss (run.py saves after that step's update); a unique trigger per class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from personalize.artifacts import ArtifactContent
+from personalize.methods import blocks
+from personalize.methods.base import MethodError
+from personalize.methods.class_tokens import classifiers
+from personalize.methods.class_tokens.losses import StopRule, correct_heads, loss_heads
+from personalize.methods.personalization.parts import TokenRows
+from personalize.methods.sampling import sample
+
+TEMPLATES = ["A photo of {}", "a high resolution realistic image of {}", "A close-up photo of a {}"]  # run.py's
+
+
+@dataclass
+class Options:
+    name: str = "dct"
+    classifier: str = "google/vit-large-patch16-224"  # a transformers image classifier, or "toyworld" (Judge A)
+    target: str = ""  # the class: a label, its first synonym, or an index; toy world: "identity:<n>"
+    class_name: str = ""  # the word after the token (default: the label's first synonym; toy world: "person")
+    placeholder_token: str = ""  # the trigger (default "dct-<class name>"): one per class, so they load together
+    initializer_token: str = "a"
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))  # "{}" = "<token> <class_name>"
+    num_prompts: int = 3
+    sample_steps: int = 30
+    grad_steps: int = 1
+    guidance_scale: float = 7.0
+    noise_seed: int = 35
+    negate: bool = False
+    patience: int = 15
+    stop_accuracy: float = 0.7
+    collapse_factor: float = 2.0
+
+
+def check_options(o: Options) -> None:
+    if not str(o.target).strip():
+        raise MethodError("method.target is empty: name the class to steer toward (a label or an index of the "
+                          "classifier, e.g. 'tiger cat' or 282; toy world: 'identity:45')")
+    if not 1 <= o.grad_steps <= o.sample_steps:
+        raise MethodError(f"method.grad_steps={o.grad_steps}: expected 1..sample_steps ({o.sample_steps})")
+    if not 1 <= o.num_prompts <= len(o.templates) or not all("{}" in t for t in o.templates):
+        raise MethodError(f"method.num_prompts={o.num_prompts} needs that many method.templates, each with '{{}}' "
+                          f"for '<token> <class name>'; got {o.templates!r}")
+
+
+def load_classifier(name: str, local_files_only: bool) -> classifiers.Classifier:
+    if name in ("toyworld", "toyworld-a", "toyworld-b"):
+        return classifiers.judge_classifier("b" if name.endswith("-b") else "a")
+    return classifiers.hf_classifier(name, local_files_only)
+
+
+def resolve_target(clf: classifiers.Classifier, o: Options) -> tuple[dict[str, int], str]:
+    """({head: index}, the class word for prompts)."""
+    spec = str(o.target).strip()
+    if spec.startswith("identity:"):
+        return clf.target(classifiers.identity_target(int(spec.split(":", 1)[1]))), o.class_name or "person"
+    target = clf.target(spec)
+    head, k = next(iter(target.items()))
+    return target, o.class_name or classifiers.class_name(clf.labels[head][k])
+
+
+class DCT:
+    """The method protocol (`personalize.methods.base`) for dct, with the optional `should_stop`."""
+
+    def __init__(self, options: Options, config):
+        check_options(options)
+        self.o, self.config = options, config
+
+    def setup(self, components, config, accelerator) -> None:
+        from diffusers import DDIMScheduler
+
+        c, o = components, self.o
+        self.c, self.accelerator, self.device = c, accelerator, accelerator.device
+        self.dtype = blocks.weight_dtype(accelerator)
+        self.clf = load_classifier(o.classifier, config.model.local_files_only)
+        self.target, self.word = resolve_target(self.clf, o)
+        self.token = o.placeholder_token or "dct-" + "-".join(self.word.split())
+        blocks.freeze(c.vae, c.unet, c.text_encoder)
+        self.rows = TokenRows.add(c.tokenizer, c.text_encoder, [(self.token, o.initializer_token, 1)])
+        self.param = self.rows.make_trainable(c.text_encoder)  # (1, width) fp32: the only trainable tensor
+        blocks.place((c.vae, c.unet, c.text_encoder), self.device, self.dtype)
+        self.clf.model.to(self.device)
+        self.scheduler = DDIMScheduler.from_config(c.scheduler.config)
+        self.prompts = [t.format(f"{self.token} {self.word}") for t in o.templates[:o.num_prompts]]
+        with torch.no_grad():
+            self.uncond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [""], self.device)  # (1, 77, width)
+        self.rule = StopRule(o.patience, o.stop_accuracy, o.collapse_factor, config.train.max_train_steps)
+        self.state, self.stop, self.best = self.rule.start(o.noise_seed), False, None
+        self.accum, self.step_loss, self.step_correct = config.train.gradient_accumulation_steps, 0.0, 0
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"text_encoder": self.c.text_encoder}
+
+    def dataloader(self, start: int, rank: int, world: int):
+        """{"index": micro-step}: image index % accumulation of the step, prompt index % num_prompts."""
+        k = start
+        while True:
+            yield {"index": k * world + rank}
+            k += 1
+
+    def latents_for(self, image: int) -> torch.Tensor:
+        """The starting noise of image `image` of every optimizer step: a pure function of the current seed."""
+        gen = torch.Generator().manual_seed(self.state.seed)
+        size = self.c.unet.config.sample_size
+        noise = torch.randn((self.accum, self.c.unet.config.in_channels, size, size), generator=gen)[image:image + 1]
+        return (noise * self.scheduler.init_noise_sigma).to(self.device)  # (1, 4, h, w)
+
+    def generate(self, prompt: str, latents: torch.Tensor) -> torch.Tensor:
+        """The image (1, 3, H, W) in [0, 1] for `prompt` from `latents`, with grad through the last steps."""
+        c, o = self.c, self.o
+        cond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [prompt], self.device)  # (1, 77, width)
+        with self.accelerator.autocast():
+            x0 = sample(c.unet, self.scheduler, cond.to(self.dtype), o.sample_steps, latents=latents,
+                        grad_steps=o.grad_steps, guidance=o.guidance_scale, uncond=self.uncond.to(self.dtype))
+            decoded = c.vae.decode(x0 / c.vae.config.scaling_factor).sample
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+    def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        index = batch["index"]
+        image = index % self.accum
+        if image == 0:  # the token every image of this optimizer step sees (the update comes after them)
+            self.before = self.param.detach().clone()
+            self.step_loss, self.step_correct = 0.0, 0
+        logits = self.clf.logits(self.generate(self.prompts[index % len(self.prompts)], self.latents_for(image)))
+        loss = loss_heads(logits, self.target, self.o.negate)
+        self.step_loss += float(loss.detach())
+        self.step_correct += correct_heads(logits, self.target, self.o.negate)
+        if image == self.accum - 1:
+            self.state, best, self.stop = self.rule.update(self.state, self.step_loss, self.step_correct,
+                                                           self.accum)
+            if best:
+                self.best = (self.before, self.step_correct / self.accum)
+        return {"loss_ce": loss, "correct": torch.tensor(float(self.step_correct))}
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+    def finish(self) -> None:
+        """Keep the token of the best-loss step, then fold it into the embedding table."""
+        if self.best is not None:
+            with torch.no_grad():
+                self.param.copy_(self.best[0])
+        self.rows.fold(self.c.text_encoder)
+
+    def artifact(self) -> ArtifactContent:
+        head, k = next(iter(self.target.items()))
+        meta = {"classifier": self.o.classifier, "target": str(self.o.target), "class_name": self.word,
+                "target_label": self.clf.labels[head][k], "negate": str(self.o.negate),
+                "best_step": str(self.state.best_step), "best_loss": f"{self.state.best_loss:.6g}",
+                "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)}
+        return ArtifactContent(self.token, self.rows.vectors(self.c.text_encoder), {}, "none", meta)
+
+
+def build(options: Options, config) -> DCT:
+    return DCT(options, config)
