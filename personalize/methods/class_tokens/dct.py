@@ -167,9 +167,10 @@ class DCT:
         self.rows.fold(self.c.text_encoder)
 
     def artifact(self) -> ArtifactContent:
-        head, k = next(iter(self.target.items()))
+        labels = {head: self.clf.labels[head][k] for head, k in self.target.items()}
+        label = next(iter(labels.values())) if len(labels) == 1 else ", ".join(f"{h}={v}" for h, v in labels.items())
         meta = {"classifier": self.o.classifier, "target": str(self.o.target), "class_name": self.word,
-                "target_label": self.clf.labels[head][k], "negate": str(self.o.negate),
+                "target_label": label, "negate": str(self.o.negate),
                 "best_step": str(self.state.best_step), "best_loss": f"{self.state.best_loss:.6g}",
                 "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)}
         return ArtifactContent(self.token, self.rows.vectors(self.c.text_encoder), {}, "none", meta)
