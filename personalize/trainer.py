@@ -246,7 +246,7 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         return _finish(run, config, run.step)
     weights = method.loss_weights() if hasattr(method, "loss_weights") else {}
     params = trainable_parameters(run.modules)
-    step, micro = run.step, run.step * train_cfg.gradient_accumulation_steps
+    step, micro, stopped = run.step, run.step * train_cfg.gradient_accumulation_steps, False
     loader = method.dataloader(micro, accelerator.process_index, accelerator.num_processes)
     bar = tqdm(total=train_cfg.max_train_steps, initial=step, desc="steps",
                disable=not accelerator.is_local_main_process)
@@ -271,12 +271,12 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step)
         _periodic(step, run, config)
-        if getattr(method, "should_stop", None) and method.should_stop():  # the method's own early stop (dct)
+        stopped = bool(getattr(method, "should_stop", None) and method.should_stop())  # its own early stop (dct)
+        if stopped:
             logger.info("the method stopped early at step %d of %d", step, train_cfg.max_train_steps)
-            bar.close()
-            return _finish(run, config, step, stopped=True)
+            break
     bar.close()
-    return _finish(run, config, step)
+    return _finish(run, config, step, stopped)
 
 
 def _finish(run: _Run, config, step: int, stopped: bool = False) -> TrainResult:

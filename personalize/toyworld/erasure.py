@@ -19,18 +19,26 @@ ACCESSORIES = ["glasses", "hat"]
 FACE_SETTINGS = [("neutral", "blue"), ("smiling", "green"), ("surprised", "white"), ("neutral", "gray")]
 
 
-def probes(concept: str) -> dict[str, list[tuple[str, dict]]]:
-    """{probe: [(prompt, what the judge should see)]} for erasing `concept`, a shape or a color: the concept in
-    direct prompts, the other shapes (colors), and "a <color> <shape> and a <color> <shape>" scenes whose left
-    object carries the concept (probes pairs_other_object: the right one stays; pairs_erased_object: the left)."""
-    if concept in w.SHAPES:
-        return _probes(concept, [s for s in w.SHAPES if s != concept], "shape")
-    if concept in w.COLORS:
-        return _probes(concept, [c for c in w.COLORS if c != concept][:3], "color")
-    if concept in ACCESSORIES:
-        return _face_probes(concept)
+def attribute(concept: str) -> str:
+    """The judge's attribute the concept is a value of: shape, color or accessory."""
+    for attr, values in (("shape", w.SHAPES), ("color", list(w.COLORS)), ("accessory", ACCESSORIES)):
+        if concept in values:
+            return attr
     raise ValueError(f"the toy-world erasure probes know the shapes {w.SHAPES}, the colors {list(w.COLORS)} and "
                      f"the accessories {ACCESSORIES}; got {concept!r}")
+
+
+def probes(concept: str) -> dict[str, list[tuple[str, dict]]]:
+    """{probe: [(prompt, what the judge should see)]} for erasing `concept`, a shape, a color or an accessory:
+    the concept in direct prompts, the other shapes (colors), and "a <color> <shape> and a <color> <shape>"
+    scenes whose left object carries the concept (probes pairs_other_object: the right one stays;
+    pairs_erased_object: the left); for an accessory, `_face_probes`."""
+    attr = attribute(concept)
+    if attr == "accessory":
+        return _face_probes(concept)
+    values = w.SHAPES if attr == "shape" else list(w.COLORS)
+    others = [v for v in values if v != concept]
+    return _probes(concept, others if attr == "shape" else others[:3], attr)
 
 
 def _face_probes(concept: str) -> dict[str, list[tuple[str, dict]]]:
@@ -69,16 +77,19 @@ def _probes(concept: str, others: list[str], attr: str) -> dict[str, list[tuple[
             "pairs_other_object": pairs, "pairs_erased_object": erased}
 
 
+def score(pipe, judge, items: list[tuple[str, dict]], per_prompt: int, seed: int,
+          sampling: dict = SAMPLING) -> tuple[float, list]:
+    """The fraction of images the judge reads as asked, and the images; image k of a prompt uses seed `seed + k`."""
+    prompts = [p for p, _ in items]
+    images = [g.image for g in pipe.generate(prompts, num_images=per_prompt, seed=seed, **sampling)]
+    asked = [e for _, e in items for _ in range(per_prompt)]
+    hits = [all(p.get(k) == v for k, v in e.items()) for p, e in zip(judge.predict(images), asked)]
+    return sum(hits) / len(hits), images
+
+
 def rates(pipe, judge, concept: str, per_prompt: int, seed: int) -> dict[str, float]:
-    """Per probe, the fraction of images the judge reads as asked; image k of a prompt uses seed `seed + k`."""
-    out = {}
-    for probe, items in probes(concept).items():
-        prompts = [p for p, _ in items]
-        images = [g.image for g in pipe.generate(prompts, num_images=per_prompt, seed=seed, **SAMPLING)]
-        preds = judge.predict(images)
-        asked = [e for _, e in items for _ in range(per_prompt)]
-        out[probe] = sum(all(p.get(k) == v for k, v in e.items()) for p, e in zip(preds, asked)) / len(preds)
-    return out
+    """Per probe, the fraction of images the judge reads as asked (`score`)."""
+    return {probe: score(pipe, judge, items, per_prompt, seed)[0] for probe, items in probes(concept).items()}
 
 
 def uncond_drift(pipe, artifact: str | None, n: int = 4, seed: int = 0) -> float:
@@ -87,15 +98,15 @@ def uncond_drift(pipe, artifact: str | None, n: int = 4, seed: int = 0) -> float
     averaged: how far the unconditional prediction (what every prompt's guidance starts from) moved."""
     import torch
 
+    from personalize.methods.blocks import encode_prompts
+
     sd = pipe.sd
     gen = torch.Generator().manual_seed(seed)
     size = sd.unet.config.sample_size
     x = torch.randn(n, sd.unet.config.in_channels, size, size, generator=gen)
     ts = torch.linspace(999, 1, n).long()
-    ids = sd.tokenizer([""] * n, padding="max_length", max_length=sd.tokenizer.model_max_length,
-                       return_tensors="pt").input_ids
     with torch.no_grad():
-        cond = sd.text_encoder(ids)[0]
+        cond = encode_prompts(sd.tokenizer, sd.text_encoder, [""] * n, sd.device)  # (n, 77, width)
         pipe.set_artifacts([])
         ref = sd.unet(x, ts, cond).sample
         pipe.set_artifacts([artifact] if artifact else [])

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from personalize.toyworld import erasure
 from personalize.toyworld import world as w
+from personalize.toyworld.erasure import attribute
 
 SAMPLING = erasure.SAMPLING
 TRIGGER = "sks"
@@ -39,7 +40,6 @@ ATTACKS = {  # the attackers' settings: the toy TI and DreamBooth recipes (appea
     "textual_inversion": {"learning_rate": 5e-3, "max_train_steps": 400},
     "relearning": {"learning_rate": 1e-4, "max_train_steps": 100},
 }
-ACCESSORIES, EXPRESSIONS_BG = erasure.ACCESSORIES, erasure.FACE_SETTINGS
 FACES = [("a photo of a smiling person on a green background", {"expression": "smiling", "face_background": "green"}),
          ("a portrait of a surprised person on a white background", {"expression": "surprised",
                                                                      "face_background": "white"})]
@@ -53,15 +53,6 @@ class Probe:
     items: list[tuple[str, dict]]  # (prompt, what the judge should see)
     back: bool  # True: the rate the concept comes back; False: kept as asked (collateral)
     model: str = "erased"  # which model draws it: erased | textual_inversion | relearning
-
-
-def attribute(concept: str) -> str:
-    """The judge's attribute the concept is a value of: shape, color or accessory."""
-    for attr, values in (("shape", w.SHAPES), ("color", list(w.COLORS)), ("accessory", ACCESSORIES)):
-        if concept in values:
-            return attr
-    raise ValueError(f"the robustness card knows the shapes {w.SHAPES}, the colors {list(w.COLORS)} and the "
-                     f"accessories {ACCESSORIES}; got {concept!r}")
 
 
 def probes(concept: str) -> list[Probe]:
@@ -133,7 +124,7 @@ def write_attack_images(concept: str, folder: str | Path, trigger: str | None = 
     for i in range(n):
         bg = backgrounds[i % len(backgrounds)]
         if attr == "accessory":
-            e, face_bg = EXPRESSIONS_BG[i % len(EXPRESSIONS_BG)]
+            e, face_bg = erasure.FACE_SETTINGS[i % len(erasure.FACE_SETTINGS)]
             identity = sorted(set(range(w.N_IDENTITIES)) - w.HELD_OUT_IDENTITIES)[7 * i]
             scene = w.Scene("face", face_bg, identity=identity, expression=e, accessory=concept)
             wearing = w.WEARING[concept].strip().replace(concept, say)  # "wearing glasses" / "wearing sks"
@@ -177,16 +168,6 @@ def attack(kind: str, model_dir: Path, concept: str, out: Path, seed: int, steps
     return train(cfg).artifact
 
 
-def _score(pipe, judge, probe: Probe, per_prompt: int, seed: int, steps: int) -> tuple[float, list]:
-    """The fraction of images showing what `probe` expects, and the images (image k of a prompt: seed + k)."""
-    prompts = [p for p, _ in probe.items]
-    settings = SAMPLING | {"steps": steps}
-    images = [g.image for g in pipe.generate(prompts, num_images=per_prompt, seed=seed, **settings)]
-    asked = [e for _, e in probe.items for _ in range(per_prompt)]
-    hits = [all(p.get(k) == v for k, v in e.items()) for p, e in zip(judge.predict(images), asked)]
-    return sum(hits) / len(hits), images
-
-
 def concept_of(artifact) -> str:
     """The toy-world word an erasure artifact erased: the last known word of its first concept."""
     for word in reversed(artifact.metadata.get("concepts", "").split(",")[0].split()):
@@ -218,11 +199,11 @@ def card(artifact: str | Path, out: str | Path, concept: str | None = None, per_
     judge, base = Judge.load("b"), load_pipeline("toyworld", device="cpu")
     erased = load_pipeline("toyworld", artifacts=[str(artifact)], device="cpu")
     pipes = {"erased": erased} | _attacked(art, concept, out / "attacks", train_seed, attack_steps or {})
-    rows = []
+    rows, settings = [], SAMPLING | {"steps": steps}
     for probe in probes(concept):
-        reference = Probe(probe.name, [(p.replace(TRIGGER, concept), e) for p, e in probe.items], probe.back)
-        base_rate, base_images = _score(base, judge, reference, per_prompt, seed, steps)
-        rate, images = _score(pipes[probe.model], judge, probe, per_prompt, seed, steps)
+        reference = [(p.replace(TRIGGER, concept), e) for p, e in probe.items]  # the base is asked in words
+        base_rate, base_images = erasure.score(base, judge, reference, per_prompt, seed, settings)
+        rate, images = erasure.score(pipes[probe.model], judge, probe.items, per_prompt, seed, settings)
         rows.append({"probe": probe.name, "back": probe.back, "base": base_rate, "erased": rate})
         _grid(probe, base_images, images, per_prompt).save(_grid_path(out, probe.name))
     result = {"concept": concept, "artifact": str(artifact), "per_prompt": per_prompt, "seed": seed, "steps": steps,
