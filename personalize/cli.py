@@ -115,6 +115,13 @@ def _add_train(sub) -> None:
                    help="YAML config (repeatable, later ones win); a bundled one by name: lora, toyworld/sude")
 
 
+def _add_train_classes(sub) -> None:
+    p = sub.add_parser("train-classes", help="dct for many classes: a token file per class, one file with all, "
+                                             "summary.md")
+    p.add_argument("--config", action="append", default=[], help="YAML config (repeatable), e.g. configs/dct.yaml")
+    p.add_argument("--classes", nargs="+", required=True, help="class labels or 0-based indices of the classifier")
+
+
 def _add_app(sub) -> None:
     sub.add_parser("app", add_help=False, help="the Gradio app (options: personalize app --help)")
 
@@ -129,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_quickstart(sub)
     _add_train(sub)
+    _add_train_classes(sub)
     _add_app(sub)
     return parser
 
@@ -267,6 +275,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_classes(args) -> int:
+    """`train` once per class (personalize.train_classes), then the combined token file and the summary."""
+    import logging
+
+    from personalize.config import load_config
+    from personalize.cpu import configure_threads, threads_cap
+    from personalize.train_classes import train_classes
+
+    cfg = load_config(args.config, args.overrides)
+    configure_threads(threads_cap(cfg.model.pretrained))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = train_classes(cfg, args.classes)
+    print(f"{summary.read_text()}\nWritten: {summary.parent}/dct-classes.safetensors, summary.md, summary.json")
+    return 0
+
+
 def cmd_app(args) -> int:
     from personalize.app.main import main as app_main
 
@@ -279,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("config", "app", "train"):
+    if rest and args.command not in ("config", "app", "train", "train-classes"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
     handlers = {"generate": cmd_generate, "convert": cmd_convert, "export-lora": cmd_export_lora,
                 "erasure-card": cmd_erasure_card, "config": cmd_config,
-                "quickstart": cmd_quickstart, "train": cmd_train, "app": cmd_app}
+                "quickstart": cmd_quickstart, "train": cmd_train, "train-classes": cmd_train_classes,
+                "app": cmd_app}
     try:
         return handlers[args.command](args)
     except PersonalizeError as err:

@@ -59,3 +59,19 @@ def concept_dir(tmp_path_factory) -> Path:
     from helpers import write_concept_images
 
     return write_concept_images(tmp_path_factory.mktemp("concept"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    """A random ViTForImageClassification built from a config (no download), saved with its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37, num_labels=3, id2label={0: "tiger cat, cat", 1: "Great_Dane", 2: "car"},
+                       label2id={"tiger cat, cat": 0, "Great_Dane": 1, "car": 2})
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return folder

@@ -95,21 +95,6 @@ def test_preprocessing_refuses_a_size_it_cannot_read():
         Preprocess.from_config({"size": {"longest_edge": 224}})
 
 
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory):
-    """A random ViTForImageClassification built from a config (no download), saved with its image processor."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    folder = tmp_path_factory.mktemp("vit")
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=37, num_labels=3, id2label={0: "tiger cat, cat", 1: "Great_Dane", 2: "car"},
-                       label2id={"tiger cat, cat": 0, "Great_Dane": 1, "car": 2})
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
-    return folder
-
-
 def test_a_transformers_classifier_is_frozen_names_its_classes_and_passes_gradients(tiny_vit):
     from personalize.methods.class_tokens.classifiers import class_name, hf_classifier
 
@@ -148,14 +133,6 @@ def test_the_toy_judge_as_classifier_reads_a_rendered_identity():
 
 # ------------------------------------------------------------------------------------------- the method
 
-def _dct_record():
-    from personalize.methods import MethodRecord
-    from personalize.methods.class_tokens import dct
-    from personalize.methods.personalization.apply import apply_parts
-
-    return MethodRecord("dct", dct.Options, dct.build, apply_parts, "personalization")
-
-
 def _dct_config(model, out, classifier, **options):
     from personalize.config import load_config
 
@@ -169,10 +146,9 @@ def _dct_config(model, out, classifier, **options):
 
 
 def _train_dct(cfg):
-    from personalize.methods import REGISTRY
     from personalize.trainer import train
 
-    return train(cfg, registry=REGISTRY | {"dct": _dct_record()})
+    return train(cfg)
 
 
 def test_dct_moves_only_its_token_row_and_writes_one_embedding(tiny_sd1, tiny_vit, tmp_path):
@@ -229,6 +205,6 @@ def _setup_dct(cfg, model):
     from personalize.methods import parse_options
     from personalize.methods.class_tokens import dct
 
-    method = dct.build(parse_options("dct", cfg.method, {"dct": _dct_record()}), cfg)
+    method = dct.build(parse_options("dct", cfg.method), cfg)
     method.setup(load_components(str(model)), cfg, Accelerator(cpu=True))
     return method

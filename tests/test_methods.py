@@ -38,6 +38,8 @@ TRAINED = {
     "dreambooth": Row({}, [UNET_OWN]),
     "classdiffusion": Row({"class_word": "dog"}, [CD_KV, NEW_ROWS], "a photo of {} dog"),
     "sude": Row({"class_word": "dog"}, [UNET_OWN]),
+    "dct": Row({"classifier": "toyworld", "target": "identity:18", "sample_steps": 3, "guidance_scale": 3.0},
+               [NEW_ROWS], "a photo of {} person"),
     "esd": Row({"concepts": ["a photo of a dog"], "ddim_steps": 4}, [XATTN], "a photo of a dog"),
     "abo": Row({"concepts": ["a photo of a dog"], "alternatives": ["a photo of a cat"], "ddim_steps": 4}, [XATTN],
                "a photo of a dog"),

@@ -17,6 +17,7 @@ import typing
 from personalize.artifacts import ArtifactError
 from personalize.config import ConfigError, coerce
 from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
+from personalize.methods.class_tokens import dct
 from personalize.methods.erasure import abo, esd, uce
 from personalize.methods.erasure.apply import apply_erasure
 from personalize.methods.personalization import (
@@ -41,6 +42,8 @@ REGISTRY: dict[str, MethodRecord] = {
     "lora": _trained(lora, "personalization"),
     "classdiffusion": _trained(classdiffusion, "regularizer"),  # on a personalization base (`method.base`)
     "sude": _trained(sude, "regularizer"),
+    # one token row steered by a frozen classifier through generated images (no training images)
+    "dct": _trained(dct, "personalization"),
     # concept erasure: the UNet fine-tuned against a frozen copy; artifacts hold differences (`weights: diff`)
     "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure"),
     "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure"),

@@ -5,7 +5,8 @@ No images are given. Each micro-step (one image):
   1. a prompt "<template with> <token> <class_name>" (the token goes *before* the class word, as in run.py);
   2. DDIM sampling from a fixed noise with the frozen UNet and classifier-free guidance, the graph kept only for
      the last `grad_steps` steps (the paper's "gradient skipping"; run.py's PNDM scheduler made that 2 UNet
-     calls, `grad_steps: 2` is the nearest DDIM equivalent), each such call checkpointed;
+     calls, `grad_steps: 2` is the nearest DDIM equivalent), each such call checkpointed with
+     train.gradient_checkpointing (run.py enables the UNet's);
   3. VAE decode (scaled by the VAE config's scaling_factor), [0, 1], the classifier's own preprocessing,
      differentiable (`classifiers`, `preprocess`);
   4. loss_ce toward the target class (`losses`); `negate` pushes away from it (the unmerged PRs #4/#5).
@@ -83,6 +84,11 @@ def resolve_target(clf: classifiers.Classifier, o: Options) -> tuple[dict[str, i
     return target, o.class_name or classifiers.class_name(clf.labels[head][k])
 
 
+def trigger(o: Options, word: str) -> str:
+    """The token: method.placeholder_token, or "dct-<class words>" (one per class, so several load together)."""
+    return o.placeholder_token or "dct-" + "-".join(word.split())
+
+
 class DCT:
     """The method protocol (`personalize.methods.base`) for dct, with the optional `should_stop`."""
 
@@ -98,7 +104,7 @@ class DCT:
         self.dtype = blocks.weight_dtype(accelerator)
         self.clf = load_classifier(o.classifier, config.model.local_files_only)
         self.target, self.word = resolve_target(self.clf, o)
-        self.token = o.placeholder_token or "dct-" + "-".join(self.word.split())
+        self.token = trigger(o, self.word)
         blocks.freeze(c.vae, c.unet, c.text_encoder)
         self.rows = TokenRows.add(c.tokenizer, c.text_encoder, [(self.token, o.initializer_token, 1)])
         self.param = self.rows.make_trainable(c.text_encoder)  # (1, width) fp32: the only trainable tensor
@@ -135,7 +141,8 @@ class DCT:
         cond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [prompt], self.device)  # (1, 77, width)
         with self.accelerator.autocast():
             x0 = sample(c.unet, self.scheduler, cond.to(self.dtype), o.sample_steps, latents=latents,
-                        grad_steps=o.grad_steps, guidance=o.guidance_scale, uncond=self.uncond.to(self.dtype))
+                        grad_steps=o.grad_steps, guidance=o.guidance_scale, uncond=self.uncond.to(self.dtype),
+                        checkpoint=self.config.train.gradient_checkpointing)
             decoded = c.vae.decode(x0 / c.vae.config.scaling_factor).sample
         return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
@@ -171,7 +178,7 @@ class DCT:
         label = next(iter(labels.values())) if len(labels) == 1 else ", ".join(f"{h}={v}" for h, v in labels.items())
         meta = {"classifier": self.o.classifier, "target": str(self.o.target), "class_name": self.word,
                 "target_label": label, "negate": str(self.o.negate),
-                "best_step": str(self.state.best_step), "best_loss": f"{self.state.best_loss:.6g}",
+                "steps": str(self.state.steps), "best_step": str(self.state.best_step), "best_loss": f"{self.state.best_loss:.6g}",
                 "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)}
         return ArtifactContent(self.token, self.rows.vectors(self.c.text_encoder), {}, "none", meta)
 
