@@ -1,6 +1,6 @@
 """Seconds per training step and peak memory of each personalization base, on the same tiny model, in one run.
 
-    python benchmarks/bench_train.py [--steps 20] [--device cpu|cuda] [--write]
+    python benchmarks/bench_train.py [--steps 20] [--device cpu|cuda] [--write] [--dct: only the dct arms]
 
 Each base runs in its own subprocess (peak RSS is per process): after a warm-up run, a short run (2 steps)
 and a long one (2 + N steps) are timed, and (long - short) / N is the time of one step without loading and setup. Peak memory is
@@ -37,12 +37,20 @@ ERASURE = [
     ("abo, x_t sampling excluded", {"name": "abo", "concepts": DOG, "ddim_steps": 1}),
 ]
 
+# dct: one optimizer step = 5 generated images (run.py's accumulation), steered by the toy judge, with and without
+# checkpointing the UNet calls that keep the graph ("_train": train keys of that arm)
+_DCT = {"name": "dct", "classifier": "toyworld", "target": "identity:18", "sample_steps": 10}
+DCT = [(f"dct, grad through {k} of 10 DDIM steps, {'' if ckpt else 'not '}checkpointed",
+        _DCT | {"grad_steps": k, "_train": {"gradient_accumulation_steps": 5, "gradient_checkpointing": ckpt}})
+       for k in (1, 4) for ckpt in (True, False)]
+
 
 def bases() -> list[str]:
     from personalize.methods import REGISTRY
 
     return [name for name, record in REGISTRY.items() if record.kind == "personalization"]
 MARK = "## Training step per base (bench_train.py)"
+DCT_MARK = "## Discriminative class tokens step (bench_train.py --dct)"
 
 
 def one(method: dict, model: Path, data: Path, steps: int, device: str) -> dict:
@@ -53,12 +61,15 @@ def one(method: dict, model: Path, data: Path, steps: int, device: str) -> dict:
     from personalize.config import load_config
     from personalize.trainer import train
 
+    method = dict(method)
+    extra = method.pop("_train", {})
+
     def run(n: int, out: Path) -> float:
         cfg = load_config([], {
             "model": {"pretrained": str(model)},
             "data": {"instance_data_dir": str(data), "instance_prompt": "a photo of sks dog"},
             "train": {"output_dir": str(out), "max_train_steps": n, "checkpointing_steps": 10**6,
-                      "report_to": "none"},
+                      "report_to": "none"} | extra,
             "method": method,
         })
         start = time.perf_counter()
@@ -126,6 +137,18 @@ def erasure_table(rows: dict[str, dict], uce_seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dct_table(rows: dict[str, dict], steps: int, device: str) -> str:
+    lines = ["", f"The tiny model above, {steps} timed steps, {device}. One optimizer step = 5 images generated with "
+             "10 DDIM steps (CFG), decoded and read by the toy judge; the token row is the only trained value. "
+             "Each arm against the same arm without checkpointing, in the same run:", "",
+             "| method | s/step | x not checkpointed | peak memory (MB) | x not checkpointed |", "|---|---|---|---|---|"]
+    for label, _ in DCT:
+        r, b = rows[label], rows[label.replace(", checkpointed", ", not checkpointed")]
+        lines.append(f"| {label} | {r['sec_per_step']:.4f} | {r['sec_per_step'] / b['sec_per_step']:.2f} | "
+                     f"{r['peak_mb']:.0f} | {r['peak_mb'] / b['peak_mb']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def uce_seconds(model: Path) -> float:
     from personalize.config import load_config
     from personalize.trainer import train
@@ -139,11 +162,11 @@ def uce_seconds(model: Path) -> float:
         return time.perf_counter() - start
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, mark: str = MARK) -> None:
     path = ROOT / "benchmarks" / "BENCHMARKS.md"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK in old:
-        before, after = old.split(MARK, 1)
+    if mark in old:
+        before, after = old.split(mark, 1)
         rest = after.split("\n## ", 1)
         old = before + (("## " + rest[1]) if len(rest) > 1 else "")
     path.write_text(old.rstrip("\n") + "\n\n" + text)
@@ -154,6 +177,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--dct", action="store_true", help="only the dct arms (their own section)")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "MODEL", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -169,7 +193,7 @@ def main() -> None:
         data = write_concept_images(Path(tmp) / "data")
         rows = {}
         arms = [(m, {"name": m}) for m in bases()] + [(label, section) for label, section, _ in REGULARIZERS]
-        arms += ERASURE
+        arms = DCT if args.dct else arms + ERASURE + DCT
         for label, section in arms:
             proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
                                    "--one", json.dumps(section), str(model), str(data)],
@@ -177,6 +201,10 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(proc.stderr[-2000:])
             rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.dct:
+            text = DCT_MARK + "\n" + dct_table(rows, args.steps, args.device)
+            print(text)
+            return write_section(text, DCT_MARK) if args.write else None
         erase_s = uce_seconds(model)
     text = table([rows[m] for m in bases()], args.steps, args.device) + regularizer_table(rows)
     text += erasure_table(rows, erase_s)

@@ -184,6 +184,17 @@ def test_exactly_grad_steps_unet_calls_keep_the_graph(tiny_sd1, tiny_vit, tmp_pa
     assert method.state.seed == 36 and not torch.equal(method.latents_for(1), noise_before(method))
 
 
+def test_fresh_noises_change_every_step_and_repeat_on_resume(tiny_sd1, tiny_vit, tmp_path):
+    fixed = _setup_dct(_dct_config(tiny_sd1, tmp_path, tiny_vit), tiny_sd1)
+    assert torch.equal(fixed.latents_for(1, 0), fixed.latents_for(1, 7))  # run.py: the same images every step
+    fresh = _setup_dct(_dct_config(tiny_sd1, tmp_path, tiny_vit, noise="fresh"), tiny_sd1)
+    assert torch.equal(fresh.latents_for(1, 3), fresh.latents_for(1, 3))  # a function of (seed, step, image)
+    assert not torch.equal(fresh.latents_for(1, 3), fresh.latents_for(1, 4))
+    assert not torch.equal(fresh.latents_for(0, 3), fresh.latents_for(1, 3))
+    with pytest.raises(Exception, match="method.noise='random'.*'fixed'"):
+        _setup_dct(_dct_config(tiny_sd1, tmp_path, tiny_vit, noise="random"), tiny_sd1)
+
+
 def noise_before(method):
     gen = torch.Generator().manual_seed(35)
     size = method.c.unet.config.sample_size

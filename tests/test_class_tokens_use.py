@@ -97,3 +97,22 @@ def test_bad_classes_fail_before_anything_trains(tiny_sd1, tiny_vit, tmp_path, c
         plan(load_config([], {"method": {"name": "lora"}}), ["car"])
     assert cli_main(["train-classes", "--classes", "car", "zebra", *_flags(cfg)]) == 2
     assert "class 'zebra'" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_toy_probes_ask_for_the_identity_and_keep_the_other_asks_apart():
+    from personalize.toyworld.class_tokens import IDENTITY, probes, read_as_asked
+
+    assert IDENTITY == 18
+    p = probes("dct-person", 18)
+    who = {"kind": "face", "face_shape": "round", "skin": "brown", "hair_color": "brown", "hair_style": "short"}
+    assert p["identity"] == [("a photo of a dct-person person", who)]
+    assert p["words"] == [("a photo of a person with short brown hair, a round face and brown skin", who)]
+    assert p["base"] == [("a photo of a person", who)]
+    assert ("a photo of a dct-person person wearing glasses", {"kind": "face", "accessory": "glasses"}) in p["other_asks"]
+    assert [q for q, _ in p["in_context"]] == [q for q, _ in p["other_asks"]] and len(p["in_context"]) == 6
+    assert all(want == who for _, want in p["in_context"])
+
+    class Reads:  # a judge that reads every image as this face
+        def predict(self, images):
+            return [who | {"accessory": "glasses"}] * len(images)
+    assert read_as_asked(Reads(), [0, 0], [who, {"accessory": "hat"}]) == 0.5

@@ -43,7 +43,7 @@ REGISTRY: dict[str, MethodRecord] = {
     "classdiffusion": _trained(classdiffusion, "regularizer"),  # on a personalization base (`method.base`)
     "sude": _trained(sude, "regularizer"),
     # one token row steered by a frozen classifier through generated images (no training images)
-    "dct": _trained(dct, "personalization"),
+    "dct": _trained(dct, "classifier"),
     # concept erasure: the UNet fine-tuned against a frozen copy; artifacts hold differences (`weights: diff`)
     "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure"),
     "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure"),

@@ -38,7 +38,7 @@ import torch
 
 from personalize.errors import PersonalizeError
 
-KINDS = ("personalization", "regularizer", "erasure", "inference")
+KINDS = ("personalization", "regularizer", "classifier", "erasure", "inference")
 
 
 class MethodError(PersonalizeError):
@@ -61,7 +61,8 @@ class MethodRecord:
     options: the dataclass of the `method:` config keys (None for a method without options).
     build: `build(options, config) -> TrainingMethod` (None: the method trains nothing).
     apply: `apply(sd_pipe, artifact) -> undo` for its artifacts (None: it has no artifact).
-    kind: personalization | regularizer (sits on a personalization base, `method.base`) | erasure | inference.
+    kind: personalization | regularizer (sits on a personalization base, `method.base`) | classifier (no images:
+    a frozen classifier steers it, dct) | erasure | inference.
     edit: `edit(options) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`)."""
 
     name: str

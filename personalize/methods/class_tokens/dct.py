@@ -51,6 +51,7 @@ class Options:
     grad_steps: int = 1
     guidance_scale: float = 7.0
     noise_seed: int = 35
+    noise: str = "fixed"  # fixed: run.py's same noises every step; fresh: new noises each step (see latents_for)
     negate: bool = False
     patience: int = 15
     stop_accuracy: float = 0.7
@@ -63,6 +64,9 @@ def check_options(o: Options) -> None:
                           "classifier, e.g. 'tiger cat' or 282; toy world: 'identity:45')")
     if not 1 <= o.grad_steps <= o.sample_steps:
         raise MethodError(f"method.grad_steps={o.grad_steps}: expected 1..sample_steps ({o.sample_steps})")
+    if o.noise not in ("fixed", "fresh"):
+        raise MethodError(f"method.noise={o.noise!r}: expected 'fixed' (the same noises every step, as run.py) "
+                          "or 'fresh' (new noises each step)")
     if not 1 <= o.num_prompts <= len(o.templates) or not all("{}" in t for t in o.templates):
         raise MethodError(f"method.num_prompts={o.num_prompts} needs that many method.templates, each with '{{}}' "
                           f"for '<token> <class name>'; got {o.templates!r}")
@@ -128,9 +132,13 @@ class DCT:
             yield {"index": k * world + rank}
             k += 1
 
-    def latents_for(self, image: int) -> torch.Tensor:
-        """The starting noise of image `image` of every optimizer step: a pure function of the current seed."""
-        gen = torch.Generator().manual_seed(self.state.seed)
+    def latents_for(self, image: int, step: int = 0) -> torch.Tensor:
+        """The starting noise of image `image` of optimizer step `step`: with noise "fixed" a pure function of
+        the current seed (every step the same), with "fresh" of (seed, step), so a resumed run draws the same.
+        Fresh noises are our addition: with fixed ones a token can fit those few noises and not carry over to
+        others (measured in the toy world, docs/effects.md)."""
+        seed = self.state.seed if self.o.noise == "fixed" else self.state.seed * 1_000_003 + step
+        gen = torch.Generator().manual_seed(seed)
         size = self.c.unet.config.sample_size
         noise = torch.randn((self.accum, self.c.unet.config.in_channels, size, size), generator=gen)[image:image + 1]
         return (noise * self.scheduler.init_noise_sigma).to(self.device)  # (1, 4, h, w)
@@ -152,7 +160,8 @@ class DCT:
         if image == 0:  # the token every image of this optimizer step sees (the update comes after them)
             self.before = self.param.detach().clone()
             self.step_loss, self.step_correct = 0.0, 0
-        logits = self.clf.logits(self.generate(self.prompts[index % len(self.prompts)], self.latents_for(image)))
+        logits = self.clf.logits(self.generate(self.prompts[index % len(self.prompts)],
+                                             self.latents_for(image, index // self.accum)))
         loss = loss_heads(logits, self.target, self.o.negate)
         self.step_loss += float(loss.detach())
         self.step_correct += correct_heads(logits, self.target, self.o.negate)
