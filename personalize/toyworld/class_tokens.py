@@ -28,6 +28,11 @@ ASKS = [("a photo of a smiling {} person", {"expression": "smiling"}),
         ("a photo of a {} person on a green background", {"face_background": "green"})]
 
 
+# images per prompt, as multiples of `per_prompt`: the one-prompt probes get more, so that each rate rests on as
+# many images as the six-prompt ones do (4 per prompt: 16 vs 24)
+IMAGES = {"identity": 4, "base": 4, "words": 4, "in_context": 1, "other_asks": 1}
+
+
 def wanted(identity: int) -> dict[str, str]:
     return {"kind": "face"} | w.identity_parts(identity)
 
@@ -49,14 +54,14 @@ def read_as_asked(judge, images: list, asked: list[dict]) -> float:
 
 def rates(pipe, judges: dict, token: str, identity: int, per_prompt: int, seed: int) -> dict[str, float]:
     """Judge B's rate per probe, plus Judge A's identity rate (`identity_judge_a`); `judges` {"a": .., "b": ..}.
-    Image k of a prompt uses seed `seed + k`; probes with the same prompts share their images."""
+    Image k of a prompt uses seed `seed + k` (`IMAGES` x per_prompt of them); probes with the same prompts share
+    their images."""
     out, drawn = {}, {}
     for probe, items in probes(token, identity).items():
-        prompts = tuple(p for p, _ in items)
+        prompts, n = tuple(p for p, _ in items), IMAGES[probe] * per_prompt
         if prompts not in drawn:
-            drawn[prompts] = [g.image for g in pipe.generate(list(prompts), num_images=per_prompt, seed=seed,
-                                                             **SAMPLING)]
-        asked = [e for _, e in items for _ in range(per_prompt)]
+            drawn[prompts] = [g.image for g in pipe.generate(list(prompts), num_images=n, seed=seed, **SAMPLING)]
+        asked = [e for _, e in items for _ in range(n)]
         out[probe] = read_as_asked(judges["b"], drawn[prompts], asked)
         if probe == "identity":
             out["identity_judge_a"] = read_as_asked(judges["a"], drawn[prompts], asked)
@@ -65,19 +70,20 @@ def rates(pipe, judges: dict, token: str, identity: int, per_prompt: int, seed: 
 
 def train_token(seed: int, out: Path, identity: int = IDENTITY, overrides: dict | None = None) -> Path:
     """Train the toy dct recipe toward `identity` with training seed `seed`; the token file's path."""
-    from personalize.config import load_config
+    from personalize.config import load_config, merge_sections
+    from personalize.resources import config_file
     from personalize.trainer import train
 
-    from personalize.resources import config_file
-
-    cfg = load_config([str(config_file("toyworld/dct.yaml"))], {"train": {"output_dir": str(out), "seed": seed, "report_to": "none"},
-                                 "method": {"target": f"identity:{identity}"}} | (overrides or {}))
-    return train(cfg).artifact
+    diff = {"train": {"output_dir": str(out), "seed": seed, "report_to": "none"},
+            "method": {"target": f"identity:{identity}"}}
+    merge_sections(diff, overrides or {})
+    return train(load_config([str(config_file("toyworld/dct.yaml"))], diff)).artifact
 
 
 def measure(seeds: list[int], out: str | Path, identity: int = IDENTITY, per_prompt: int = 4,
-            sample_seed: int = 7000, overrides: dict | None = None) -> list[dict]:
-    """rows {"arm": "dct", "seed", probe rates...}: one token per training seed, sampled on seeds sample_seed + 100 * seed."""
+            sample_seed: int = 7000, overrides: dict | None = None, trained: dict | None = None) -> list[dict]:
+    """rows {"arm": "dct", "seed", probe rates...}: one token per training seed (`trained` {seed: token file}
+    scores files already trained instead), sampled on seeds sample_seed + 100 * seed."""
     from personalize.artifacts import load_artifact
     from personalize.pipeline import load_pipeline
     from personalize.toyworld.judge import Judge
@@ -85,7 +91,7 @@ def measure(seeds: list[int], out: str | Path, identity: int = IDENTITY, per_pro
     judges, rows, out = {"a": Judge.load("a"), "b": Judge.load("b")}, [], Path(out)
     pipe = load_pipeline("toyworld", device="cpu")
     for seed in seeds:
-        path = str(train_token(seed, out / f"dct-{seed}", identity, overrides))
+        path = str((trained or {}).get(seed) or train_token(seed, out / f"dct-{seed}", identity, overrides))
         pipe.set_artifacts([path])
         token = load_artifact(path).triggers[0]
         rows.append({"arm": "dct", "seed": seed} | rates(pipe, judges, token, identity, per_prompt,

@@ -10,8 +10,9 @@ No images are given. Each micro-step (one image):
   3. VAE decode (scaled by the VAE config's scaling_factor), [0, 1], the classifier's own preprocessing,
      differentiable (`classifiers`, `preprocess`);
   4. loss_ce toward the target class (`losses`); `negate` pushes away from it (the unmerged PRs #4/#5).
-An optimizer step averages train.gradient_accumulation_steps images (run.py: 5), whose noises come from
-`noise_seed` and are the same every step ("we update the same images"); the official early stop (`StopRule`)
+An optimizer step averages gradient_accumulation_steps x train_batch_size images (run.py: 5 x 1; a batch is
+generated in one sampler call), whose noises come from `noise_seed` and are the same every step ("we update the
+same images"; `noise: fresh` draws new ones); the official early stop (`StopRule`)
 runs once per optimizer step, and a collapse moves to the next noise seed.
 
 Deviations from run.py, on purpose: the token is its own fp32 parameter (only its row can change, and weight
@@ -120,56 +121,66 @@ class DCT:
             self.uncond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [""], self.device)  # (1, 77, width)
         self.rule = StopRule(o.patience, o.stop_accuracy, o.collapse_factor, config.train.max_train_steps)
         self.state, self.stop, self.best = self.rule.start(o.noise_seed), False, None
-        self.accum, self.step_loss, self.step_correct = config.train.gradient_accumulation_steps, 0.0, 0
+        self.accum, self.batch = config.train.gradient_accumulation_steps, config.train.train_batch_size
+        self.per_step, self.step_loss, self.step_correct = self.accum * self.batch, 0.0, 0
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {"text_encoder": self.c.text_encoder}
 
     def dataloader(self, start: int, rank: int, world: int):
-        """{"index": micro-step}: image index % accumulation of the step, prompt index % num_prompts."""
+        """{"index": micro-step}: micro-step index % accumulation within its optimizer step; its train_batch_size
+        images are generated in one batch, image g (counted over the run) with prompt g % num_prompts."""
         k = start
         while True:
             yield {"index": k * world + rank}
             k += 1
 
-    def latents_for(self, image: int, step: int = 0) -> torch.Tensor:
-        """The starting noise of image `image` of optimizer step `step`: with noise "fixed" a pure function of
-        the current seed (every step the same), with "fresh" of (seed, step), so a resumed run draws the same.
-        Fresh noises are our addition: with fixed ones a token can fit those few noises and not carry over to
-        others (measured in the toy world, docs/effects.md)."""
+    def noises(self, step: int) -> torch.Tensor:
+        """The starting noises of optimizer step `step`'s images (per_step, 4, h, w): with noise "fixed" a pure
+        function of the current seed (every step the same), with "fresh" of (seed, step), so that a resumed run
+        draws the same. Fresh noises are our addition: with fixed ones a token can fit those few noises and not
+        carry over to others (measured in the toy world, docs/effects.md)."""
         seed = self.state.seed if self.o.noise == "fixed" else self.state.seed * 1_000_003 + step
         gen = torch.Generator().manual_seed(seed)
         size = self.c.unet.config.sample_size
-        noise = torch.randn((self.accum, self.c.unet.config.in_channels, size, size), generator=gen)[image:image + 1]
-        return (noise * self.scheduler.init_noise_sigma).to(self.device)  # (1, 4, h, w)
+        noise = torch.randn((self.per_step, self.c.unet.config.in_channels, size, size), generator=gen)
+        return (noise * self.scheduler.init_noise_sigma).to(self.device)
 
-    def generate(self, prompt: str, latents: torch.Tensor) -> torch.Tensor:
-        """The image (1, 3, H, W) in [0, 1] for `prompt` from `latents`, with grad through the last steps."""
+    def latents_for(self, image: int, step: int = 0) -> torch.Tensor:
+        """The starting noise (1, 4, h, w) of image `image` of optimizer step `step`."""
+        return self.noises(step)[image:image + 1]
+
+    def generate(self, prompts: str | list[str], latents: torch.Tensor) -> torch.Tensor:
+        """The images (B, 3, H, W) in [0, 1] for `prompts` from `latents` (B, 4, h, w), with grad through the
+        last steps."""
         c, o = self.c, self.o
-        cond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [prompt], self.device)  # (1, 77, width)
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        cond = blocks.encode_prompts(c.tokenizer, c.text_encoder, prompts, self.device)  # (B, 77, width)
+        uncond = self.uncond.expand(len(prompts), -1, -1)  # (B, 77, width)
         with self.accelerator.autocast():
             x0 = sample(c.unet, self.scheduler, cond.to(self.dtype), o.sample_steps, latents=latents,
-                        grad_steps=o.grad_steps, guidance=o.guidance_scale, uncond=self.uncond.to(self.dtype),
+                        grad_steps=o.grad_steps, guidance=o.guidance_scale, uncond=uncond.to(self.dtype),
                         checkpoint=self.config.train.gradient_checkpointing)
             decoded = c.vae.decode(x0 / c.vae.config.scaling_factor).sample
         return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
     def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
         index = batch["index"]
-        image = index % self.accum
-        if image == 0:  # the token every image of this optimizer step sees (the update comes after them)
+        micro, step = index % self.accum, index // self.accum
+        if micro == 0:  # the token every image of this optimizer step sees (the update comes after them)
             self.before = self.param.detach().clone()
             self.step_loss, self.step_correct = 0.0, 0
-        logits = self.clf.logits(self.generate(self.prompts[index % len(self.prompts)],
-                                             self.latents_for(image, index // self.accum)))
-        loss = loss_heads(logits, self.target, self.o.negate)
-        self.step_loss += float(loss.detach())
+        images = range(micro * self.batch, (micro + 1) * self.batch)  # within the step
+        prompts = [self.prompts[(step * self.per_step + i) % len(self.prompts)] for i in images]
+        logits = self.clf.logits(self.generate(prompts, self.noises(step)[images.start:images.stop]))
+        loss = loss_heads(logits, self.target, self.o.negate)  # the mean over this micro-step's images
+        self.step_loss += float(loss.detach()) * self.batch  # run.py's step loss: the sum over its images
         self.step_correct += correct_heads(logits, self.target, self.o.negate)
-        if image == self.accum - 1:
+        if micro == self.accum - 1:
             self.state, best, self.stop = self.rule.update(self.state, self.step_loss, self.step_correct,
-                                                           self.accum)
+                                                           self.per_step)
             if best:
-                self.best = (self.before, self.step_correct / self.accum)
+                self.best = (self.before, self.step_correct / self.per_step)
         return {"loss_ce": loss, "correct": torch.tensor(float(self.step_correct))}
 
     def should_stop(self) -> bool:
