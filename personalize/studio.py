@@ -41,6 +41,7 @@ class Entry:
     modified: str = ""  # the file's date, YYYY-MM-DD HH:MM
     trained_on: str = ""  # for a file without trigger words: the prompt or caption it was trained with
     erases: str = ""  # an erasure artifact's concepts (its `concepts` metadata)
+    steered: str = ""  # a class token's class (dct's `target_label` metadata)
 
     @property
     def name(self) -> str:
@@ -50,6 +51,7 @@ class Entry:
     def label(self) -> str:
         words = ", ".join(self.triggers) or (f"erases: {self.erases}" if self.erases else "") or \
             (f"prompt: {self.trained_on!r}" if self.trained_on else "no trigger word")
+        words += f" (class: {self.steered})" if self.steered else ""
         text = f"{self.rel or self.name} | {self.method} | {words} | base: {self.base_model}"
         text += f" | {self.modified}" if self.modified else ""
         return text if self.usable else f"{text} | unusable: {self.reason}"
@@ -65,7 +67,8 @@ def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
         return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""), rel=rel, modified=stamp)
     base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
     entry = Entry(str(path), art.method, art.triggers, base, rel=rel, modified=stamp,
-                  trained_on="" if art.triggers else trained_on(art), erases=art.metadata.get("concepts", ""))
+                  trained_on="" if art.triggers else trained_on(art), erases=art.metadata.get("concepts", ""),
+                  steered=art.metadata.get("target_label", ""))
     try:
         check_width(art, width)
     except ArtifactError as err:

@@ -80,6 +80,14 @@ def test_entries_list_every_file_with_its_metadata(studio):
     assert not entries["wide"].usable and "768" in entries["wide"].reason and "48" in entries["wide"].reason
 
 
+def test_a_class_token_is_listed_with_its_class(tmp_path):
+    from personalize.studio import describe
+
+    path = save_embedding(tmp_path, "dct-tiger-cat", torch.randn(1, 48), "dct", "toyworld", target_label="tiger cat")
+    entry = describe(path, 48)
+    assert entry.usable and "| dct | dct-tiger-cat (class: tiger cat) | base: toyworld" in entry.label
+
+
 def test_generate_swaps_artifacts_and_honours_the_seed(studio, folders):
     plain = studio.generate(PROMPT, seed=7, steps=5, num_images=1)[0]
     with_sks = studio.generate(PROMPT + " sks", artifacts=["sks.safetensors"], seed=7, steps=5)[0]

@@ -1,9 +1,9 @@
-"""Discriminative class tokens (issue 18), so far: the cross-entropy and its negation against hand-computed
-values, the official early stop as a pure function, a classifier's preprocessing made differentiable against
-transformers' own image processors, the steering classifiers (a ViT built from a config, the toy judge), and the
-method on a tiny SD through the loop (registered here only, not yet in the default registry): only the token row
-moves, exactly `grad_steps` UNet calls keep the graph, the noise is fixed per seed and a collapse moves it on,
-the early stop ends training and writes the best-loss token."""
+"""Discriminative class tokens (issue 18): the cross-entropy and its negation against hand-computed values, the
+official early stop as a pure function, a classifier's preprocessing made differentiable against transformers'
+own image processors, the steering classifiers (a ViT built from a config, the toy judge), and the method on a
+tiny SD through the loop: only the token row moves, exactly `grad_steps` UNet calls keep the graph, the noise is
+fixed per seed (or fresh per step) and a collapse moves it on, a batch trains as accumulation does, the early
+stop ends training and writes the best-loss token; and steering with a smooth classifier on the toy model."""
 
 import math
 
