@@ -140,7 +140,7 @@ def _dct_config(model, out, classifier, **options):
               "guidance_scale": 3.0} | options
     return load_config([], {"model": {"pretrained": str(model), "local_files_only": True},
                             "train": {"output_dir": str(out), "max_train_steps": 3, "report_to": "none",
-                                      "gradient_accumulation_steps": 2, "learning_rate": 5e-2,
+                                      "seed": 35, "gradient_accumulation_steps": 2, "learning_rate": 5e-2,
                                       "checkpointing_steps": 10_000, "adam_weight_decay": 1e-2},
                             "method": method})
 
@@ -191,6 +191,12 @@ def test_fresh_noises_change_every_step_and_repeat_on_resume(tiny_sd1, tiny_vit,
     assert torch.equal(fresh.latents_for(1, 3), fresh.latents_for(1, 3))  # a function of (seed, step, image)
     assert not torch.equal(fresh.latents_for(1, 3), fresh.latents_for(1, 4))
     assert not torch.equal(fresh.latents_for(0, 3), fresh.latents_for(1, 3))
+    other = _dct_config(tiny_sd1, tmp_path, tiny_vit, noise="fresh")
+    other.train.seed = 36  # the training seed draws the noises (method.noise_seed unset)
+    assert not torch.equal(_setup_dct(other, tiny_sd1).latents_for(1, 3), fresh.latents_for(1, 3))
+    pinned = _dct_config(tiny_sd1, tmp_path, tiny_vit, noise="fresh", noise_seed=35)
+    pinned.train.seed = 36
+    assert torch.equal(_setup_dct(pinned, tiny_sd1).latents_for(1, 3), fresh.latents_for(1, 3))
     with pytest.raises(Exception, match="method.noise='random'.*'fixed'"):
         _setup_dct(_dct_config(tiny_sd1, tmp_path, tiny_vit, noise="random"), tiny_sd1)
 
@@ -266,6 +272,7 @@ def test_steering_raises_p_target_on_the_training_noises_and_on_others(tmp_path,
     cfg = load_config([], {
         "model": {"pretrained": "toyworld"},
         "train": {"output_dir": str(tmp_path), "max_train_steps": 10, "report_to": "none", "train_batch_size": 4,
+                  "seed": 35,  # the training noises: seed 35; the others: seed 99
                   "learning_rate": 5e-2, "checkpointing_steps": 10**6},
         "method": {"name": "dct", "classifier": "red-green", "target": "red", "class_name": "circle",
                    "sample_steps": 4, "grad_steps": grad_steps, "guidance_scale": 5.0, "num_prompts": 1,

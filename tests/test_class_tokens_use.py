@@ -36,7 +36,8 @@ def test_the_token_file_loads_in_stock_diffusers_like_in_ours(tiny_sd1, tiny_vit
     from safetensors.torch import load_file
 
     tensors = load_file(result.artifact)
-    assert list(tensors) == ["dct-car"] and tensors["dct-car"].shape == (1, 32) and tensors["dct-car"].dtype == torch.float32
+    assert list(tensors) == ["dct-car"] and tensors["dct-car"].shape == (1, 32)
+    assert tensors["dct-car"].dtype == torch.float32
     ours = load_pipeline(str(tiny_sd1), artifacts=[str(result.artifact)], device="cpu")
     stock = StableDiffusionPipeline.from_pretrained(str(tiny_sd1), local_files_only=True, safety_checker=None,
                                                     requires_safety_checker=False)
@@ -48,7 +49,8 @@ def test_the_token_file_loads_in_stock_diffusers_like_in_ours(tiny_sd1, tiny_vit
         want = ours.sd.text_encoder(ours_ids)[0]
         assert torch.equal(stock.text_encoder(ids)[0], want)  # the same text-encoder output
     expected = np.asarray(ours.generate(PROMPT, seed=0, steps=3, guidance_scale=7.5)[0].image, dtype=np.int16)
-    image = stock(PROMPT, num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]
+    gen = torch.Generator().manual_seed(0)
+    image = stock(PROMPT, num_inference_steps=3, guidance_scale=7.5, generator=gen).images[0]
     assert np.abs(np.asarray(image, dtype=np.int16) - expected).max() <= 1
 
 
@@ -108,7 +110,8 @@ def test_the_toy_probes_ask_for_the_identity_and_keep_the_other_asks_apart():
     assert p["identity"] == [("a photo of a dct-person person", who)]
     assert p["words"] == [("a photo of a person with short brown hair, a round face and brown skin", who)]
     assert p["base"] == [("a photo of a person", who)]
-    assert ("a photo of a dct-person person wearing glasses", {"kind": "face", "accessory": "glasses"}) in p["other_asks"]
+    glasses = ("a photo of a dct-person person wearing glasses", {"kind": "face", "accessory": "glasses"})
+    assert glasses in p["other_asks"]
     assert [q for q, _ in p["in_context"]] == [q for q, _ in p["other_asks"]] and len(p["in_context"]) == 6
     assert all(want == who for _, want in p["in_context"])
 

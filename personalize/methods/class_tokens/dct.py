@@ -11,9 +11,9 @@ No images are given. Each micro-step (one image):
      differentiable (`classifiers`, `preprocess`);
   4. loss_ce toward the target class (`losses`); `negate` pushes away from it (the unmerged PRs #4/#5).
 An optimizer step averages gradient_accumulation_steps x train_batch_size images (run.py: 5 x 1; a batch is
-generated in one sampler call), whose noises come from `noise_seed` and are the same every step ("we update the
-same images"; `noise: fresh` draws new ones); the official early stop (`StopRule`)
-runs once per optimizer step, and a collapse moves to the next noise seed.
+generated in one sampler call), whose noises come from `noise_seed` (default: the run's train.seed) and are the
+same every step ("we update the same images"; `noise: fresh` draws new ones); the official early stop
+(`StopRule`) runs once per optimizer step, and a collapse moves to the next noise seed.
 
 Deviations from run.py, on purpose: the token is its own fp32 parameter (only its row can change, and weight
 decay reaches nothing else); gradients are clipped after unscaling at the optimizer step (the loop's
@@ -51,7 +51,7 @@ class Options:
     sample_steps: int = 30
     grad_steps: int = 1
     guidance_scale: float = 7.0
-    noise_seed: int = 35
+    noise_seed: int | None = None  # None: train.seed (run.py's seed 35 is both; configs/dct.yaml sets 35)
     noise: str = "fixed"  # fixed: run.py's same noises every step; fresh: new noises each step (see latents_for)
     negate: bool = False
     patience: int = 15
@@ -120,7 +120,8 @@ class DCT:
         with torch.no_grad():
             self.uncond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [""], self.device)  # (1, 77, width)
         self.rule = StopRule(o.patience, o.stop_accuracy, o.collapse_factor, config.train.max_train_steps)
-        self.state, self.stop, self.best = self.rule.start(o.noise_seed), False, None
+        seed = config.train.seed if o.noise_seed is None else o.noise_seed
+        self.state, self.stop, self.best = self.rule.start(seed), False, None
         self.accum, self.batch = config.train.gradient_accumulation_steps, config.train.train_batch_size
         self.per_step, self.step_loss, self.step_correct = self.accum * self.batch, 0.0, 0
 
@@ -198,7 +199,8 @@ class DCT:
         label = next(iter(labels.values())) if len(labels) == 1 else ", ".join(f"{h}={v}" for h, v in labels.items())
         meta = {"classifier": self.o.classifier, "target": str(self.o.target), "class_name": self.word,
                 "target_label": label, "negate": str(self.o.negate),
-                "steps": str(self.state.steps), "best_step": str(self.state.best_step), "best_loss": f"{self.state.best_loss:.6g}",
+                "steps": str(self.state.steps), "best_step": str(self.state.best_step),
+                "best_loss": f"{self.state.best_loss:.6g}",
                 "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)}
         return ArtifactContent(self.token, self.rows.vectors(self.c.text_encoder), {}, "none", meta)
 
