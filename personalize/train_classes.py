@@ -5,7 +5,7 @@ One dct run per class, each in `<output_dir>/<trigger>/` with its own single-key
 `load_textual_inversion`, AUTOMATIC1111 and ComfyUI load), then, in `<output_dir>`:
   - `dct-classes.safetensors`: every token in one file (our artifact format; the app and `generate` load it);
   - `summary.md` / `summary.json`: class, trigger, the classifier's label, steps, the best loss, the accuracy at
-    the best step, the file.
+    the best step, the held-out classifier's accuracy (with method.eval_classifier), the file.
 Every class is resolved against the classifier before anything trains, so a typo fails in seconds. A class whose
 token file already exists is not retrained (delete its folder to retrain it): a long batch can be restarted.
 """
@@ -20,7 +20,8 @@ from personalize.artifacts import load_artifact, save_artifact
 from personalize.atomic import atomic_write_text
 from personalize.errors import PersonalizeError
 
-COLUMNS = ("class", "trigger", "label", "steps", "best_step", "best_loss", "accuracy_at_best", "file")
+COLUMNS = ("class", "trigger", "label", "steps", "best_step", "best_loss", "accuracy_at_best", "held_out_accuracy",
+           "file")
 
 
 def plan(cfg, classes: list[str]) -> list[tuple[str, str]]:
@@ -59,7 +60,8 @@ def row(name: str, path: Path, out: Path) -> dict:
     m = art.metadata
     return {"class": name, "trigger": art.triggers[0], "label": m.get("target_label", ""),
             "steps": m.get("steps", ""), "best_step": m.get("best_step", ""), "best_loss": m.get("best_loss", ""),
-            "accuracy_at_best": m.get("accuracy_at_best", ""), "file": str(path.relative_to(out))}
+            "accuracy_at_best": m.get("accuracy_at_best", ""),
+            "held_out_accuracy": m.get("eval_accuracy_held_out", ""), "file": str(path.relative_to(out))}
 
 
 def table(rows: list[dict]) -> str:

@@ -220,6 +220,20 @@ def noise_before(method):
     return torch.randn((2, 4, size, size), generator=gen)[1:2]
 
 
+def test_a_second_classifier_reports_on_images_training_never_used(tiny_sd1, tiny_vit, tmp_path):
+    cfg = _dct_config(tiny_sd1, tmp_path / "out", tiny_vit, eval_classifier=str(tiny_vit), eval_images=3)
+    meta = load_artifact(_train_dct(cfg).artifact).metadata
+    assert meta["eval_classifier"] == str(tiny_vit) and meta["eval_images"] == "3"
+    # the same classifier twice reads the same 3 images the same way
+    assert meta["eval_accuracy_held_out"] == meta["eval_accuracy_steering"]
+    assert meta["eval_accuracy_held_out"] in ("0.000", "0.333", "0.667", "1.000")
+    plain = load_artifact(_train_dct(_dct_config(tiny_sd1, tmp_path / "plain", tiny_vit)).artifact).metadata
+    assert "eval_accuracy_held_out" not in plain
+    with pytest.raises(Exception, match="heads"):  # the judge has no single "car" class: refused before training
+        _train_dct(_dct_config(tiny_sd1, tmp_path / "bad", tiny_vit, eval_classifier="toyworld-b"))
+    assert not list((tmp_path / "bad").glob("*.safetensors"))
+
+
 def test_the_early_stop_ends_training_and_writes_the_best_token(tiny_sd1, tiny_vit, tmp_path):
     cfg = _dct_config(tiny_sd1, tmp_path / "out", tiny_vit, stop_accuracy=-1.0)  # any accuracy is above -1
     cfg.train.max_train_steps = 5

@@ -63,7 +63,7 @@ def _bad_folder(tmp_path, kind):
     ("corrupt", [], "3.jpg' cannot be read"),
     ("non-image", [], "not images: ['notes.md']"),
     ("ok", ["--method.name=dreamboat"], "unknown method 'dreamboat'"),
-    ("ok", ["--method.placeholder_token=cat"], "belongs to method textual_inversion, not lora"),
+    ("ok", ["--method.placeholder_token=cat"], "belongs to method textual_inversion / dct, not lora"),
     ("ok", ["--train.learnign_rate=1"], "unknown config key 'train.learnign_rate'"),
     ("ok", ["--data.instance_prompt=a {} dog"], "adds no token"),
 ])

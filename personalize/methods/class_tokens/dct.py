@@ -57,6 +57,8 @@ class Options:
     patience: int = 15
     stop_accuracy: float = 0.7
     collapse_factor: float = 2.0
+    eval_classifier: str = ""  # a second classifier (toy world: "toyworld-b"), reported beside the steering one
+    eval_images: int = 8  # images the kept token draws for that report, on noises training never used
 
 
 def check_options(o: Options) -> None:
@@ -68,6 +70,8 @@ def check_options(o: Options) -> None:
     if o.noise not in ("fixed", "fresh"):
         raise MethodError(f"method.noise={o.noise!r}: expected 'fixed' (the same noises every step, as run.py) "
                           "or 'fresh' (new noises each step)")
+    if o.eval_images < 1:
+        raise MethodError(f"method.eval_images={o.eval_images}: expected >= 1")
     if not 1 <= o.num_prompts <= len(o.templates) or not all("{}" in t for t in o.templates):
         raise MethodError(f"method.num_prompts={o.num_prompts} needs that many method.templates, each with '{{}}' "
                           f"for '<token> <class name>'; got {o.templates!r}")
@@ -109,6 +113,9 @@ class DCT:
         self.dtype = blocks.weight_dtype(accelerator)
         self.clf = load_classifier(o.classifier, config.model.local_files_only)
         self.target, self.word = resolve_target(self.clf, o)
+        if o.eval_classifier:  # loaded now, so that a class it lacks fails before training
+            self.held = load_classifier(o.eval_classifier, config.model.local_files_only)
+            self.held_target = resolve_target(self.held, o)[0]
         self.token = trigger(o, self.word)
         blocks.freeze(c.vae, c.unet, c.text_encoder)
         self.rows = TokenRows.add(c.tokenizer, c.text_encoder, [(self.token, o.initializer_token, 1)])
@@ -121,7 +128,7 @@ class DCT:
             self.uncond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [""], self.device)  # (1, 77, width)
         self.rule = StopRule(o.patience, o.stop_accuracy, o.collapse_factor, config.train.max_train_steps)
         seed = config.train.seed if o.noise_seed is None else o.noise_seed
-        self.state, self.stop, self.best = self.rule.start(seed), False, None
+        self.state, self.stop, self.best, self.report = self.rule.start(seed), False, None, {}
         self.accum, self.batch = config.train.gradient_accumulation_steps, config.train.train_batch_size
         self.per_step, self.step_loss, self.step_correct = self.accum * self.batch, 0.0, 0
 
@@ -193,6 +200,28 @@ class DCT:
             with torch.no_grad():
                 self.param.copy_(self.best[0])
         self.rows.fold(self.c.text_encoder)
+        self.report = self.held_out_report() if self.o.eval_classifier else {}
+
+    @torch.no_grad()
+    def held_out_report(self) -> dict[str, str]:
+        """Accuracy of the kept token's images by the steering classifier and by `eval_classifier` (the spec's
+        advice: a token can fool its own classifier), on `eval_images` noises of seed + 10_000, the prompts in
+        turn. The same class is looked up in the second classifier by the same `target`."""
+        held, target = self.held, self.held_target
+        held.model.to(self.device)
+        gen = torch.Generator().manual_seed(self.state.seed + 10_000)
+        size, n = self.c.unet.config.sample_size, self.o.eval_images
+        noise = torch.randn((n, self.c.unet.config.in_channels, size, size), generator=gen)
+        hits = {"steering": 0, "held_out": 0}
+        for start in range(0, n, self.batch):
+            k = range(start, min(start + self.batch, n))
+            images = self.generate([self.prompts[i % len(self.prompts)] for i in k],
+                                   (noise[k.start:k.stop] * self.scheduler.init_noise_sigma).to(self.device))
+            hits["steering"] += correct_heads(self.clf.logits(images), self.target, self.o.negate)
+            hits["held_out"] += correct_heads(held.logits(images), target, self.o.negate)
+        return {"eval_classifier": self.o.eval_classifier, "eval_images": str(n),
+                "eval_accuracy_steering": f"{hits['steering'] / n:.3f}",
+                "eval_accuracy_held_out": f"{hits['held_out'] / n:.3f}"}
 
     def artifact(self) -> ArtifactContent:
         labels = {head: self.clf.labels[head][k] for head, k in self.target.items()}
@@ -201,7 +230,7 @@ class DCT:
                 "target_label": label, "negate": str(self.o.negate),
                 "steps": str(self.state.steps), "best_step": str(self.state.best_step),
                 "best_loss": f"{self.state.best_loss:.6g}",
-                "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)}
+                "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)} | self.report
         return ArtifactContent(self.token, self.rows.vectors(self.c.text_encoder), {}, "none", meta)
 
 
