@@ -86,6 +86,14 @@ def _flags(cfg):
             *(f"--method.{k}={v}" for k, v in cfg.method.items())]
 
 
+def test_each_class_gets_its_own_trigger():
+    from personalize.methods.class_tokens.dct import Options, trigger
+
+    assert trigger(Options(target="tiger cat"), "tiger cat") == "dct-tiger-cat"
+    assert trigger(Options(target="identity:18"), "person") == "dct-person-18"  # toy identities share "person"
+    assert trigger(Options(target="identity:18", placeholder_token="sks"), "person") == "sks"
+
+
 def test_bad_classes_fail_before_anything_trains(tiny_sd1, tiny_vit, tmp_path, capsys):
     out = tmp_path / "bad"
     cfg = _config(tiny_sd1, out, tiny_vit)

@@ -94,8 +94,11 @@ def resolve_target(clf: classifiers.Classifier, o: Options) -> tuple[dict[str, i
 
 
 def trigger(o: Options, word: str) -> str:
-    """The token: method.placeholder_token, or "dct-<class words>" (one per class, so several load together)."""
-    return o.placeholder_token or "dct-" + "-".join(word.split())
+    """The token: method.placeholder_token, or "dct-<class words>" (one per class, so several load together);
+    a toy identity adds its number ("dct-person-18"), its class word being "person" for all of them."""
+    spec = str(o.target).strip()
+    suffix = "-" + spec.split(":", 1)[1].strip() if spec.startswith("identity:") else ""
+    return o.placeholder_token or "dct-" + "-".join(word.split()) + suffix
 
 
 class DCT:
