@@ -273,7 +273,8 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         _periodic(step, run, config)
         stopped = bool(getattr(method, "should_stop", None) and method.should_stop())  # its own early stop (dct)
         if stopped:
-            logger.info("the method stopped early at step %d of %d", step, train_cfg.max_train_steps)
+            if step < train_cfg.max_train_steps:
+                logger.info("the method stopped early at step %d of %d", step, train_cfg.max_train_steps)
             break
     bar.close()
     return _finish(run, config, step, stopped)

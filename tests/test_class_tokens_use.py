@@ -86,6 +86,14 @@ def _flags(cfg):
             *(f"--method.{k}={v}" for k, v in cfg.method.items())]
 
 
+def test_a_trigger_with_digits_is_a_known_word_of_the_toy_world():
+    from personalize.toyworld.vocabulary import unknown_words, vocabulary
+
+    known = vocabulary(300)
+    assert unknown_words("a photo of a dct-person-18 person", known, ["dct-person-18"]) == []
+    assert unknown_words("a photo of a dct-person-18 person", known) == ["dct-person"]
+
+
 def test_each_class_gets_its_own_trigger():
     from personalize.methods.class_tokens.dct import Options, trigger
 
@@ -99,6 +107,13 @@ def test_bad_classes_fail_before_anything_trains(tiny_sd1, tiny_vit, tmp_path, c
     cfg = _config(tiny_sd1, out, tiny_vit)
     with pytest.raises(PersonalizeError, match="class 'zebra'.*no class 'zebra'"):
         plan(cfg, ["car", "zebra"])
+    toy = _config(tiny_sd1, out, "toyworld")
+    with pytest.raises(PersonalizeError, match="class 'identity:500'.*identities are 0..143"):
+        plan(toy, ["identity:18", "identity:500"])
+    with pytest.raises(PersonalizeError, match="expected identity:<number>"):
+        plan(toy, ["identity:x"])
+    assert plan(toy, ["identity:18", "identity:27"]) == [("identity:18", "dct-person-18"),
+                                                         ("identity:27", "dct-person-27")]
     with pytest.raises(PersonalizeError, match="same trigger 'dct-car'"):
         plan(cfg, ["car", "2"])
     with pytest.raises(PersonalizeError, match="placeholder_token"):

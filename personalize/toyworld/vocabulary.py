@@ -31,8 +31,11 @@ def vocabulary(samples: int = 3000, seed: int = 0) -> set[str]:
 def unknown_words(prompt: str, known: set[str], triggers: list[str] = ()) -> list[str]:
     """The words of `prompt` the toy model never saw (trigger words of loaded artifacts are known), in order."""
     allowed = known | {t.lower() for t in triggers}
+    text = prompt.lower()
+    for t in sorted(triggers, key=len, reverse=True):  # a trigger may hold digits ("dct-person-18"): cut it out whole
+        text = text.replace(t.lower(), " ")
     seen, out = set(), []
-    for word in _WORD.findall(prompt.lower()):
+    for word in _WORD.findall(text):
         if word not in allowed and word not in seen:
             seen.add(word)
             out.append(word)

@@ -103,7 +103,9 @@ def judge_classifier(which: str = "a") -> Classifier:
 
 def identity_target(identity: int) -> dict[str, str]:
     """The judge-head target of a toy-world face identity: a face with its four appearance attributes."""
-    from personalize.toyworld.world import identity_parts
+    from personalize.toyworld.world import N_IDENTITIES, identity_parts
 
+    if not 0 <= identity < N_IDENTITIES:
+        raise MethodError(f"method.target='identity:{identity}': the toy world's identities are 0..{N_IDENTITIES - 1}")
     parts = identity_parts(identity)
     return {"kind": "face"} | {k: parts[k] for k in ("face_shape", "skin", "hair_color", "hair_style")}

@@ -87,7 +87,10 @@ def resolve_target(clf: classifiers.Classifier, o: Options) -> tuple[dict[str, i
     """({head: index}, the class word for prompts)."""
     spec = str(o.target).strip()
     if spec.startswith("identity:"):
-        return clf.target(classifiers.identity_target(int(spec.split(":", 1)[1]))), o.class_name or "person"
+        number = spec.split(":", 1)[1].strip()
+        if not number.isdigit():
+            raise MethodError(f"method.target={spec!r}: expected identity:<number>, e.g. identity:18")
+        return clf.target(classifiers.identity_target(int(number))), o.class_name or "person"
     target = clf.target(spec)
     head, k = next(iter(target.items()))
     return target, o.class_name or classifiers.class_name(clf.labels[head][k])
