@@ -258,18 +258,24 @@ Next:
     return 0
 
 
-def cmd_train(args) -> int:
-    """The loop (personalize.trainer.train) on the merged config; under `accelerate launch` one per process."""
+def _training_config(args):
+    """The merged config of `train`/`train-classes`, with the CPU thread cap and INFO logging they run under."""
     import logging
 
     from personalize.config import load_config
     from personalize.cpu import configure_threads, threads_cap
-    from personalize.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     configure_threads(threads_cap(cfg.model.pretrained))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train(cfg)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    """The loop (personalize.trainer.train) on the merged config; under `accelerate launch` one per process."""
+    from personalize.trainer import train
+
+    result = train(_training_config(args))
     if result.artifact is not None:
         print(result.artifact)
     return 0
@@ -277,16 +283,9 @@ def cmd_train(args) -> int:
 
 def cmd_train_classes(args) -> int:
     """`train` once per class (personalize.train_classes), then the combined token file and the summary."""
-    import logging
-
-    from personalize.config import load_config
-    from personalize.cpu import configure_threads, threads_cap
     from personalize.train_classes import train_classes
 
-    cfg = load_config(args.config, args.overrides)
-    configure_threads(threads_cap(cfg.model.pretrained))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = train_classes(cfg, args.classes)
+    summary = train_classes(_training_config(args), args.classes)
     print(f"{summary.read_text()}\nWritten: {summary.parent}/dct-classes.safetensors, summary.md, summary.json")
     return 0
 

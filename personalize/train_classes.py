@@ -55,13 +55,12 @@ def plan(cfg, classes: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def row(name: str, path: Path, out: Path) -> dict:
-    art = load_artifact(path)
+def row(name: str, art, out: Path) -> dict:
     m = art.metadata
     return {"class": name, "trigger": art.triggers[0], "label": m.get("target_label", ""),
             "steps": m.get("steps", ""), "best_step": m.get("best_step", ""), "best_loss": m.get("best_loss", ""),
             "accuracy_at_best": m.get("accuracy_at_best", ""),
-            "held_out_accuracy": m.get("eval_accuracy_held_out", ""), "file": str(path.relative_to(out))}
+            "held_out_accuracy": m.get("eval_accuracy_held_out", ""), "file": str(Path(art.path).relative_to(out))}
 
 
 def table(rows: list[dict]) -> str:
@@ -86,9 +85,10 @@ def train_classes(cfg, classes: list[str], train=None) -> Path:
             if result.artifact is None:  # cut short: the summary would be incomplete
                 raise PersonalizeError(f"class {name!r}: the run ended without a token file")
             path = Path(result.artifact)
-        rows.append(row(name, path, out))
-        embeddings[trigger] = load_artifact(path).embeddings[trigger]
-    base = load_artifact(path).metadata.get("base_model", str(cfg.model.pretrained))
+        art = load_artifact(path)
+        rows.append(row(name, art, out))
+        embeddings[trigger] = art.embeddings[trigger]
+    base = art.metadata.get("base_model", str(cfg.model.pretrained))
     save_artifact(out / "dct-classes.safetensors", "dct", base, embeddings=embeddings,
                   classes=json.dumps({r["trigger"]: r["class"] for r in rows}))
     atomic_write_text(out / "summary.json", json.dumps(rows, indent=1) + "\n")

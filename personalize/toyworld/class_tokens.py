@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from personalize.toyworld import world as w
-from personalize.toyworld.erasure import SAMPLING
+from personalize.toyworld.erasure import SAMPLING, read_as_asked
 
 IDENTITY = sorted(w.HELD_OUT_IDENTITIES)[2]  # 18: round face, brown skin, short brown hair (the tuning identity)
 ASKS = [("a photo of a smiling {} person", {"expression": "smiling"}),
@@ -45,11 +45,6 @@ def probes(token: str, identity: int) -> dict[str, list[tuple[str, dict]]]:
             "other_asks": [(p.format(token), {"kind": "face"} | ask) for p, ask in ASKS],
             "base": [("a photo of a person", who)],
             "words": [(words, who)]}
-
-
-def read_as_asked(judge, images: list, asked: list[dict]) -> float:
-    """The fraction of images the judge reads with every asked {head: value}."""
-    return sum(all(p.get(k) == v for k, v in e.items()) for p, e in zip(judge.predict(images), asked)) / len(asked)
 
 
 def rates(pipe, judges: dict, token: str, identity: int, per_prompt: int, seed: int) -> dict[str, float]:
@@ -81,9 +76,9 @@ def train_token(seed: int, out: Path, identity: int = IDENTITY, overrides: dict 
 
 
 def measure(seeds: list[int], out: str | Path, identity: int = IDENTITY, per_prompt: int = 4,
-            sample_seed: int = 7000, overrides: dict | None = None, trained: dict | None = None) -> list[dict]:
-    """rows {"arm": "dct", "seed", probe rates...}: one token per training seed (`trained` {seed: token file}
-    scores files already trained instead), sampled on seeds sample_seed + 100 * seed."""
+            sample_seed: int = 7000, overrides: dict | None = None) -> list[dict]:
+    """rows {"arm": "dct", "seed", probe rates...}: one token per training seed, sampled on seeds
+    sample_seed + 100 * seed."""
     from personalize.artifacts import load_artifact
     from personalize.pipeline import load_pipeline
     from personalize.toyworld.judge import Judge
@@ -91,7 +86,7 @@ def measure(seeds: list[int], out: str | Path, identity: int = IDENTITY, per_pro
     judges, rows, out = {"a": Judge.load("a"), "b": Judge.load("b")}, [], Path(out)
     pipe = load_pipeline("toyworld", device="cpu")
     for seed in seeds:
-        path = str((trained or {}).get(seed) or train_token(seed, out / f"dct-{seed}", identity, overrides))
+        path = str(train_token(seed, out / f"dct-{seed}", identity, overrides))
         pipe.set_artifacts([path])
         token = load_artifact(path).triggers[0]
         rows.append({"arm": "dct", "seed": seed} | rates(pipe, judges, token, identity, per_prompt,

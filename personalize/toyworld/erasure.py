@@ -83,8 +83,12 @@ def score(pipe, judge, items: list[tuple[str, dict]], per_prompt: int, seed: int
     prompts = [p for p, _ in items]
     images = [g.image for g in pipe.generate(prompts, num_images=per_prompt, seed=seed, **sampling)]
     asked = [e for _, e in items for _ in range(per_prompt)]
-    hits = [all(p.get(k) == v for k, v in e.items()) for p, e in zip(judge.predict(images), asked)]
-    return sum(hits) / len(hits), images
+    return read_as_asked(judge, images, asked), images
+
+
+def read_as_asked(judge, images: list, asked: list[dict]) -> float:
+    """The fraction of images the judge reads with every asked {head: value}."""
+    return sum(all(p.get(k) == v for k, v in e.items()) for p, e in zip(judge.predict(images), asked)) / len(asked)
 
 
 def rates(pipe, judge, concept: str, per_prompt: int, seed: int) -> dict[str, float]:

@@ -83,15 +83,23 @@ def load_classifier(name: str, local_files_only: bool) -> classifiers.Classifier
     return classifiers.hf_classifier(name, local_files_only)
 
 
+def identity_number(o: Options) -> int | None:
+    """The toy-world identity of a target "identity:<n>", or None for a classifier's class."""
+    spec = str(o.target).strip()
+    if not spec.startswith("identity:"):
+        return None
+    number = spec.split(":", 1)[1].strip()
+    if not number.isdigit():
+        raise MethodError(f"method.target={spec!r}: expected identity:<number>, e.g. identity:18")
+    return int(number)
+
+
 def resolve_target(clf: classifiers.Classifier, o: Options) -> tuple[dict[str, int], str]:
     """({head: index}, the class word for prompts)."""
-    spec = str(o.target).strip()
-    if spec.startswith("identity:"):
-        number = spec.split(":", 1)[1].strip()
-        if not number.isdigit():
-            raise MethodError(f"method.target={spec!r}: expected identity:<number>, e.g. identity:18")
-        return clf.target(classifiers.identity_target(int(number))), o.class_name or "person"
-    target = clf.target(spec)
+    identity = identity_number(o)
+    if identity is not None:
+        return clf.target(classifiers.identity_target(identity)), o.class_name or "person"
+    target = clf.target(str(o.target).strip())
     head, k = next(iter(target.items()))
     return target, o.class_name or classifiers.class_name(clf.labels[head][k])
 
@@ -99,8 +107,8 @@ def resolve_target(clf: classifiers.Classifier, o: Options) -> tuple[dict[str, i
 def trigger(o: Options, word: str) -> str:
     """The token: method.placeholder_token, or "dct-<class words>" (one per class, so several load together);
     a toy identity adds its number ("dct-person-18"), its class word being "person" for all of them."""
-    spec = str(o.target).strip()
-    suffix = "-" + spec.split(":", 1)[1].strip() if spec.startswith("identity:") else ""
+    identity = identity_number(o)
+    suffix = "" if identity is None else f"-{identity}"
     return o.placeholder_token or "dct-" + "-".join(word.split()) + suffix
 
 
@@ -155,9 +163,13 @@ class DCT:
         draws the same. Fresh noises are our addition: with fixed ones a token can fit those few noises and not
         carry over to others (measured in the toy world, docs/effects.md)."""
         seed = self.state.seed if self.o.noise == "fixed" else self.state.seed * 1_000_003 + step
+        return self._noise(seed, self.per_step)
+
+    def _noise(self, seed: int, n: int) -> torch.Tensor:
+        """n starting latents (n, 4, h, w) from `seed`, scaled by the scheduler's init_noise_sigma."""
         gen = torch.Generator().manual_seed(seed)
         size = self.c.unet.config.sample_size
-        noise = torch.randn((self.per_step, self.c.unet.config.in_channels, size, size), generator=gen)
+        noise = torch.randn((n, self.c.unet.config.in_channels, size, size), generator=gen)
         return (noise * self.scheduler.init_noise_sigma).to(self.device)
 
     def latents_for(self, image: int, step: int = 0) -> torch.Tensor:
@@ -215,14 +227,12 @@ class DCT:
         turn. The same class is looked up in the second classifier by the same `target`."""
         held, target = self.held, self.held_target
         held.model.to(self.device)
-        gen = torch.Generator().manual_seed(self.state.seed + 10_000)
-        size, n = self.c.unet.config.sample_size, self.o.eval_images
-        noise = torch.randn((n, self.c.unet.config.in_channels, size, size), generator=gen)
+        n = self.o.eval_images
+        noise = self._noise(self.state.seed + 10_000, n)  # (n, 4, h, w)
         hits = {"steering": 0, "held_out": 0}
         for start in range(0, n, self.batch):
             k = range(start, min(start + self.batch, n))
-            images = self.generate([self.prompts[i % len(self.prompts)] for i in k],
-                                   (noise[k.start:k.stop] * self.scheduler.init_noise_sigma).to(self.device))
+            images = self.generate([self.prompts[i % len(self.prompts)] for i in k], noise[k.start:k.stop])
             hits["steering"] += correct_heads(self.clf.logits(images), self.target, self.o.negate)
             hits["held_out"] += correct_heads(held.logits(images), target, self.o.negate)
         return {"eval_classifier": self.o.eval_classifier, "eval_images": str(n),
@@ -236,7 +246,8 @@ class DCT:
                 "target_label": label, "negate": str(self.o.negate),
                 "steps": str(self.state.steps), "best_step": str(self.state.best_step),
                 "best_loss": f"{self.state.best_loss:.6g}",
-                "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "", "noise_seed": str(self.state.seed)} | self.report
+                "accuracy_at_best": f"{self.best[1]:.3f}" if self.best else "",
+                "noise_seed": str(self.state.seed)} | self.report
         return ArtifactContent(self.token, self.rows.vectors(self.c.text_encoder), {}, "none", meta)
 
 
