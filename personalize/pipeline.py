@@ -246,7 +246,8 @@ class Pipeline:
                  num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  edits: Sequence[Edit] = (), suppress: str | list[str] | None = None, suppress_mode: str = "swr",
-                 suppress_options: dict | None = None, **kwargs) -> list[GeneratedImage]:
+                 suppress_options: dict | None = None, face=None, face_encoder: str | None = None,
+                 person=None, **kwargs) -> list[GeneratedImage]:
         """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
 
         `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
@@ -255,6 +256,10 @@ class Pipeline:
         applied after `edits`: words or spans of the prompt to leave out, by soft-weighted regularization of the
         text embedding (`suppress_mode="swr"`) plus inference-time optimization (`"swr+ito"`); `suppress_options`
         sets the `Suppression` fields (alpha, retain_fraction, ito_iters, ...).
+        `face`: shorthand for the Face2Diffusion edit (Shiohara & Yamasaki, CVPR 2024; `methods/face2diffusion/`):
+        a face photo (path or PIL image; or one per prompt) put where each prompt says "f l", encoded by
+        `face_encoder` (a face2diffusion file; on the toy world the shipped one by default); `person`: the same
+        from `<name>.f2d.safetensors` files, no encoder needed.
         Extra keyword arguments go to the diffusers pipeline call unchanged."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) for p in prompts):
@@ -267,6 +272,11 @@ class Pipeline:
         height, width = height or self.native_size, width or self.native_size
         seeds = per_prompt * len(prompts)
         edits = list(edits) + ([_suppress_edit(suppress, suppress_mode, suppress_options)] if suppress else [])
+        if face is not None or person is not None:
+            from personalize.methods import make_edit
+
+            edits.append(make_edit("face2diffusion", {"face": face, "person": person, "base": self.base,
+                                                      "encoder": face_encoder or ""}))
         self.check_edits(prompts, edits)
         hint = self.prompt_hint(prompts)
         if hint:

@@ -18,8 +18,10 @@ from personalize.artifacts import ArtifactError
 from personalize.config import ConfigError, coerce
 from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
 from personalize.methods.class_tokens import dct
+from personalize.methods import face2diffusion
 from personalize.methods.erasure import abo, esd, uce
 from personalize.methods.erasure.apply import apply_erasure
+from personalize.methods.face2diffusion import edit as f2d_edit, mapping_stage, msid_stage
 from personalize.methods.personalization import (
     classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion,
 )
@@ -44,6 +46,10 @@ REGISTRY: dict[str, MethodRecord] = {
     "sude": _trained(sude, "regularizer"),
     # one token row steered by a frozen classifier through generated images (no training images)
     "dct": _trained(dct, "classifier"),
+    # Face2Diffusion: an encoder trained once (stage 1 MSID, stage 2 mapping network); a face is a generation edit
+    "f2d_msid": MethodRecord("f2d_msid", msid_stage.Options, msid_stage.build, face2diffusion.apply_refused, "encoder"),
+    "face2diffusion": MethodRecord("face2diffusion", mapping_stage.Options, mapping_stage.build,
+                                   face2diffusion.apply_refused, "encoder", edit=f2d_edit.edit),
     # concept erasure: the UNet fine-tuned against a frozen copy; artifacts hold differences (`weights: diff`)
     "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure"),
     "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure"),

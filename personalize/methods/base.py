@@ -38,7 +38,7 @@ import torch
 
 from personalize.errors import PersonalizeError
 
-KINDS = ("personalization", "regularizer", "classifier", "erasure", "inference")
+KINDS = ("personalization", "regularizer", "classifier", "encoder", "erasure", "inference")
 
 
 class MethodError(PersonalizeError):
@@ -62,7 +62,8 @@ class MethodRecord:
     build: `build(options, config) -> TrainingMethod` (None: the method trains nothing).
     apply: `apply(sd_pipe, artifact) -> undo` for its artifacts (None: it has no artifact).
     kind: personalization | regularizer (sits on a personalization base, `method.base`) | classifier (no images:
-    a frozen classifier steers it, dct) | erasure | inference.
+    a frozen classifier steers it, dct) | encoder (a network trained once on a dataset: Face2Diffusion) | erasure |
+    inference.
     edit: `edit(options) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`)."""
 
     name: str

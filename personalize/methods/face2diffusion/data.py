@@ -1,0 +1,146 @@
+"""Face data for both training stages: a folder of identities, or the toy world's faces (drawn on the fly).
+
+A folder (`method.data: path/to/ids`) holds one sub-folder per person (the label is the folder), with beside
+each photo optional files of the same stem:
+
+    ids/<person>/<k>.png         the training photo (any PIL-readable image; .png .jpg .jpeg .webp)
+    ids/<person>/<k>.face.png    its aligned face crop, the encoder's input (default: the photo itself, resized)
+    ids/<person>/<k>.mask.png    the face mask, L mode, 255 = face (default: all face, i.e. plain reconstruction)
+    ids/<person>/<k>.exp.npy     float32 (exp_dim,) expression vector (needed by expression guidance)
+
+`.npy` files are read with allow_pickle=False. Every draw is a pure function of (seed, sample index): photos are
+visited in a fresh permutation each epoch and flipped horizontally at random (photo, crop and mask together).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from personalize.methods.base import MethodError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SIDE_FILES = (".face", ".mask")
+
+
+@dataclass
+class FaceItem:
+    photo: Path
+    label: int
+
+
+def scan_folder(root: str | Path) -> tuple[list[FaceItem], list[str]]:
+    """(photos, person names): every photo of every `<root>/<person>/`, sorted; a clear error when empty."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MethodError(f"method.data={str(root)!r} is not a folder: expected 'toyworld' or a folder of identities "
+                          "(<person>/<k>.png, see personalize/methods/face2diffusion/data.py)")
+    people = sorted(p.name for p in root.iterdir() if p.is_dir())
+    items = [FaceItem(f, k) for k, person in enumerate(people) for f in sorted((root / person).iterdir())
+             if f.suffix.lower() in SUFFIXES and not f.stem.endswith(SIDE_FILES)]
+    if not items:
+        raise MethodError(f"method.data={str(root)!r} holds no photos: expected sub-folders, one per person, of "
+                          f"{'/'.join(SUFFIXES)} files")
+    return items, people
+
+
+def _rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as err:
+        raise MethodError(f"{path}: not a readable image ({err})") from err
+
+
+def read_item(item: FaceItem, exp_dim: int | None) -> dict:
+    """One photo with its side files, as the toy source returns it (crop and mask optional)."""
+    from PIL import Image
+
+    base = item.photo.with_suffix("")
+    out = {"photo": _rgb(item.photo), "label": item.label, "face": None, "mask": None, "exp": None}
+    crop = Path(f"{base}.face.png")
+    if crop.exists():
+        out["face"] = _rgb(crop)
+    mask = Path(f"{base}.mask.png")
+    if mask.exists():
+        with Image.open(mask) as im:
+            out["mask"] = np.asarray(im.convert("L"), np.float32) / 255.0
+    exp = Path(f"{base}.exp.npy")
+    if exp_dim is not None:
+        if not exp.exists():
+            raise MethodError(f"{exp}: missing; expression guidance needs an expression vector beside every photo "
+                              "(or set method.expression_guidance: false)")
+        out["exp"] = np.load(exp, allow_pickle=False).astype(np.float32).reshape(-1)
+        if out["exp"].shape != (exp_dim,):
+            raise MethodError(f"{exp}: expected {exp_dim} values (method.exp_dim), got shape {out['exp'].shape}")
+    return out
+
+
+class FolderSource:
+    def __init__(self, root: str | Path, exp_dim: int | None):
+        self.items, self.people = scan_folder(root)
+        self.exp_dim = exp_dim
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.people)
+
+    def __call__(self, seed: int, index: int) -> dict:
+        n = len(self.items)
+        epoch, k = divmod(index, n)
+        order = list(range(n))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        sample = read_item(self.items[order[k]], self.exp_dim)
+        sample["flip"] = random.Random(seed * 1_000_003 + index).random() < 0.5
+        return sample
+
+
+class ToySource:
+    """The toy world's training identities (never the 16 held out), each draw a new photo."""
+
+    def __init__(self, with_mask: bool = True):
+        from personalize.toyworld import faces
+
+        self.faces, self.identities, self.with_mask = faces, faces.TRAIN_IDENTITIES, with_mask
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.identities)
+
+    def __call__(self, seed: int, index: int) -> dict:
+        return self.faces.sample(self.identities, seed, index, self.with_mask) | {"face": None}
+
+
+def make_source(data: str, exp_dim: int | None, with_mask: bool = True):
+    return ToySource(with_mask) if data == "toyworld" else FolderSource(data, exp_dim)
+
+
+def to_pixels(array: np.ndarray, size: int, flip: bool) -> torch.Tensor:
+    """uint8 (H, W, 3) -> (3, size, size) in [-1, 1] (bicubic resize when the size differs)."""
+    x = torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+    if x.shape[1:] != (size, size):
+        x = F.interpolate(x[None], (size, size), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
+    return x.flip(-1) if flip else x
+
+
+def collate(samples: list[dict], resolution: int, face_size: int, latent_size: int) -> dict:
+    """{"pixels" (B, 3, R, R), "faces" (B, 3, S, S), "mask" (B, 1, h, w) area-downsampled, "exp" (B, E) or None,
+    "labels" (B,)}."""
+    pixels = torch.stack([to_pixels(s["photo"], resolution, s["flip"]) for s in samples])
+    faces = torch.stack([to_pixels(s["face"] if s["face"] is not None else s["photo"], face_size, s["flip"])
+                         for s in samples])
+    masks = []
+    for s in samples:
+        m = torch.ones(s["photo"].shape[:2]) if s["mask"] is None else torch.from_numpy(s["mask"])
+        m = F.adaptive_avg_pool2d(m[None, None].float(), latent_size)[0]  # (1, h, w)
+        masks.append(m.flip(-1) if s["flip"] else m)
+    exp = None if samples[0]["exp"] is None else torch.stack([torch.as_tensor(s["exp"]) for s in samples])
+    return {"pixels": pixels, "faces": faces, "mask": torch.stack(masks), "exp": exp,
+            "labels": torch.tensor([s["label"] for s in samples])}

@@ -1,0 +1,185 @@
+"""Face2Diffusion at inference: a generation edit (`personalize.pipeline.Edit`) that puts a face where the prompt
+says "f l", and the per-person file that keeps a face's two vectors without the encoder.
+
+    edit = make_edit("face2diffusion", {"encoder": "face2diffusion.safetensors", "face": ["photo.png"]})
+    pipe.generate("a photo of f l smiling", edits=[edit])      # or pipe.generate(..., face="photo.png")
+    save_person("alice.f2d.safetensors", ...)                  # then {"person": ["alice.f2d.safetensors"]}
+
+Faces: one for every prompt, or one per prompt. A face photo is an aligned square crop (the encoder's input,
+resized to its size; real photos are aligned first, inference_f2d.py's face_alignment step). The prompt is
+encoded with the two vectors replacing the input hidden states at "f l" (`inject.py`); the negative/unconditional
+branch is encoded normally, as in the official pipeline call.
+
+The vectors bypass the position embedding, so an A1111/ComfyUI textual-inversion embedding made from them does
+not reproduce Face2Diffusion: the person file is read only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from personalize.artifacts import ArtifactError, load_artifact, make_metadata
+from personalize.atomic import atomic_save_file
+from personalize.methods.base import MethodError
+from personalize.methods.face2diffusion import inject
+from personalize.methods.face2diffusion.encoder import INJECT_RULE, FaceEncoder
+
+PERSON_SUFFIX = ".f2d.safetensors"
+MODES = ("RGB", "RGBA", "L", "LA", "P")  # photo modes read as RGB (alpha dropped); others are refused
+MAX_PIXELS = 4096 * 4096
+
+
+class FaceError(MethodError):
+    """A face photo or person file that cannot be used."""
+
+
+@dataclass
+class Face:
+    """One identity: its two vectors (W,) each, and a name for the image settings."""
+
+    first: torch.Tensor
+    last: torch.Tensor
+    name: str
+
+
+def read_photo(photo, face_size: int) -> tuple[np.ndarray, str]:
+    """A path or PIL image -> (uint8 (S, S, 3), name); clear errors for what is not an aligned face crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = Path(photo).name if isinstance(photo, (str, Path)) else "photo"
+    try:
+        im = Image.open(photo) if isinstance(photo, (str, Path)) else photo
+        im.load()
+    except (OSError, UnidentifiedImageError) as err:
+        raise FaceError(f"face photo {name}: not a readable image ({err})") from err
+    if im.mode not in MODES:
+        raise FaceError(f"face photo {name}: mode {im.mode!r} is not supported; expected one of {', '.join(MODES)}")
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise FaceError(f"face photo {name}: {w}x{h} is larger than {MAX_PIXELS:,} pixels")
+    if w != h or w < face_size // 2:
+        raise FaceError(f"face photo {name}: {w}x{h}; expected an aligned square face crop of at least "
+                        f"{face_size // 2}x{face_size // 2} (the encoder reads {face_size}x{face_size})")
+    im = im.convert("RGB")
+    if im.size != (face_size, face_size):
+        im = im.resize((face_size, face_size), Image.BICUBIC)
+    digest = hashlib.sha256(np.asarray(im).tobytes()).hexdigest()[:12]
+    return np.asarray(im), f"{name}#{digest}"
+
+
+def encode_faces(encoder: FaceEncoder, photos: list, check=None) -> list[Face]:
+    """Photos -> Faces in one encoder call; `check(uint8 (S, S, 3), name)` may refuse one (the toy face check)."""
+    arrays, names = zip(*(read_photo(p, encoder.face_size) for p in photos))
+    for a, n in zip(arrays, names):
+        if check is not None:
+            check(a, n)
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, S, S)
+    first, last = encoder(x)
+    return [Face(f.float().cpu(), l.float().cpu(), n) for f, l, n in zip(first, last, names)]
+
+
+def save_person(path: str | Path, face: Face, base_model: str, source: str = "") -> Path:
+    """`<name>.f2d.safetensors`: tensors f2d.token_first, f2d.token_last (W,) float32 and their rule."""
+    path = Path(path)
+    if not path.name.endswith(PERSON_SUFFIX):
+        raise FaceError(f"person file {path.name!r}: the name must end in {PERSON_SUFFIX}")
+    meta = make_metadata("face2diffusion", base_model, [], "{}", "f2d_identity", identifier=inject.IDENTIFIER,
+                         inject=INJECT_RULE, exp="null", face=face.name, encoder=source)
+    return atomic_save_file({"f2d.token_first": face.first.float().contiguous(),
+                             "f2d.token_last": face.last.float().contiguous()}, path, meta)
+
+
+def load_person(path: str | Path) -> Face:
+    art = load_artifact(path)
+    if art.method != "face2diffusion" or art.kind != "f2d_identity":
+        raise ArtifactError(f"{path}: not a Face2Diffusion person file (method {art.method!r}, weights "
+                            f"{art.kind!r}); expected a {PERSON_SUFFIX} file written by save_person / the app")
+    if art.metadata.get("inject") != INJECT_RULE:
+        raise ArtifactError(f"{path}: injection rule {art.metadata.get('inject')!r}, expected {INJECT_RULE!r}")
+    return Face(art.weights["f2d.token_first"], art.weights["f2d.token_last"], Path(path).name)
+
+
+class FaceEdit:
+    """The generation edit: faces (one, or one per prompt) into every prompt's "f l"."""
+
+    def __init__(self, encoder: FaceEncoder | None, photos: list = (), people: list[Face] = (), check=None):
+        if not photos and not people:
+            raise FaceError("the face edit needs a face photo or a person file")
+        if photos and encoder is None:
+            raise FaceError("a face photo needs the Face2Diffusion encoder (face_encoder / method.encoder)")
+        self.faces = list(people) + (encode_faces(encoder, list(photos), check) if photos else [])
+
+    def check(self, sd, prompts: list[str]) -> None:
+        if len(self.faces) not in (1, len(prompts)):
+            raise FaceError(f"{len(self.faces)} faces for {len(prompts)} prompts: give one face, or one per prompt")
+        width = sd.text_encoder.get_input_embeddings().weight.shape[1]
+        if self.faces[0].first.shape[-1] != width:
+            raise FaceError(f"the face vectors have width {self.faces[0].first.shape[-1]}, the text encoder {width}: "
+                            "use an encoder trained for this model family")
+        inject.identifier_positions(sd.tokenizer, prompts)
+
+    def call_kwargs(self, sd, call: dict) -> tuple[dict, callable]:
+        prompts = call["prompt"]
+        if prompts is None:
+            raise FaceError("the face edit needs the prompt as text: apply it before an edit that encodes prompts")
+        faces = self.faces * len(prompts) if len(self.faces) == 1 else self.faces
+        ids, positions = inject.identifier_positions(sd.tokenizer, prompts)
+        te = sd.text_encoder
+        dtype, device = te.dtype, te.device
+        first = torch.stack([f.first for f in faces]).to(device, dtype)  # (B, W)
+        last = torch.stack([f.last for f in faces]).to(device, dtype)
+        with torch.no_grad():
+            embeds = inject.encode(te, ids.to(device), first, last, positions)  # (B, 77, W)
+        # diffusers encodes the negative prompt (or "") as text: the unconditional branch has no face (official)
+        return {k: v for k, v in call.items() if k != "prompt"} | {"prompt": None, "prompt_embeds": embeds}, _nothing
+
+    def describe(self) -> dict:
+        return {"face": [f.name for f in self.faces]}
+
+    def label(self) -> str:
+        return "Face: " + ", ".join(f.name for f in self.faces)
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class FaceOptions:
+    """`make_edit("face2diffusion", {...})`: an encoder file and photos, and/or person files. `base: toyworld`
+    makes the shipped toy encoder the default and checks each photo with the toy world's face detector."""
+
+    encoder: str = ""
+    face: list = field(default_factory=list)
+    person: list = field(default_factory=list)
+    base: str = ""
+
+
+def _listed(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, Path)) or hasattr(value, "size") else list(value)
+
+
+def edit(options: dict | FaceOptions) -> FaceEdit:
+    o = options if isinstance(options, FaceOptions) else FaceOptions(**options)
+    photos, people = _listed(o.face), [load_person(p) for p in _listed(o.person)]
+    encoder, check = o.encoder, None
+    if o.base == "toyworld":
+        from personalize.resources import asset
+
+        encoder = encoder or str(asset("toyworld_f2d", "face2diffusion.safetensors"))
+        check = _toy_face_check
+    return FaceEdit(FaceEncoder.load(encoder) if photos and encoder else None, photos, people, check)
+
+
+def _toy_face_check(photo: np.ndarray, name: str) -> None:
+    from personalize.toyworld.faces import looks_like_face
+
+    if not looks_like_face(photo):
+        raise FaceError(f"face photo {name}: no face found in it (the toy world's face detector, Judge A)")

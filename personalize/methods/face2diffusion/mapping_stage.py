@@ -1,0 +1,153 @@
+"""Face2Diffusion stage 2: train the mapping network f_map on a frozen Stable Diffusion and a frozen MSID encoder
+(F2D Sec. 3.2-3.3; inference_f2d.py loads only msid.pt and mapping.pt on stock SD v1-4, so nothing else trains).
+
+Each micro-step, for a batch of photos x with face masks M and expression vectors v_exp:
+    idvec = MSID(face crop)                                   # (B, 4D) frozen, eval mode
+    e = v_exp or null_exp, per sample (expression guidance, `p_uncond`)
+    first, last = f_map(idvec, e)                             # (B, W) each
+    c* = text encoder of `prompt` ("a photo of f l") with the two vectors at "f l"      (inject.py)
+    z_t = add_noise(VAE(x), eps, t);  eps_cls = UNet(z_t, t, `class_prompt`) without grad
+    loss_cgdr = || M * eps + (1 - M) * eps_cls - UNet(z_t, t, c*) ||^2                 (losses.py)
+`cgdr: false` is the paper's "Rec." ablation (plain reconstruction), `expression_guidance: false` feeds no
+expression (the tokens must carry it). The artifact holds MSID and f_map together (`encoder.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from personalize.artifacts import ArtifactContent
+from personalize.methods import blocks
+from personalize.methods.base import MethodError
+from personalize.methods.face2diffusion import data, encoder, inject
+from personalize.methods.face2diffusion.losses import expression_keep, loss_cgdr
+from personalize.methods.face2diffusion.model import MappingConfig, MappingNetwork
+
+
+@dataclass
+class Options:
+    name: str = "face2diffusion"
+    msid: str = ""  # the stage-1 file (method f2d_msid), or a face2diffusion file whose encoder is reused
+    data: str = "toyworld"  # "toyworld" or a folder of identities with masks and expressions (data.py)
+    artifact_name: str = "face2diffusion"
+    prompt: str = "a photo of f l"  # "A photo of S*" (F2D Fig. 2)
+    class_prompt: str = "a photo of a person"  # CGDR's class prompt (F2D Fig. 2)
+    cgdr: bool = True
+    expression_guidance: bool = True
+    p_uncond: float = 0.5  # expression dropped to null_exp this often (unverified: not in the release)
+    middle_dim: int = 1536  # IMG2TEXTwithEXP(1536, 1536, 768, n_layer=2, dropout=0.1, exp_dim=64)
+    n_layer: int = 2
+    dropout: float = 0.1
+    exp_dim: int = 64
+    validation_face: str = ""  # a face photo for the validation images (toy world: a held-out identity)
+
+
+class MappingTraining:
+    def __init__(self, options: Options, config):
+        o = self.o = options
+        self.config = config
+        if not o.msid:
+            raise MethodError("method.msid is empty: give the stage-1 encoder file (personalize train --config "
+                              "configs/f2d_msid.yaml writes f2d_msid.safetensors)")
+        if not 0.0 <= o.p_uncond <= 1.0:
+            raise MethodError(f"method.p_uncond={o.p_uncond}: expected a probability in [0, 1]")
+        if inject.IDENTIFIER not in o.prompt:
+            raise MethodError(f"method.prompt={o.prompt!r} must contain the identifier '{inject.IDENTIFIER}'")
+        self.msid = encoder.load_msid(o.msid)  # a bad file fails before the base model loads
+        self.source = data.make_source(o.data, o.exp_dim if o.expression_guidance else None)
+
+    def setup(self, components, config, accelerator) -> None:
+        c, o = components, self.o
+        self.c, self.accelerator, self.device = c, accelerator, accelerator.device
+        self.dtype = blocks.weight_dtype(accelerator)
+        width = c.text_encoder.get_input_embeddings().weight.shape[1]
+        self.mapping = MappingNetwork(MappingConfig(self.msid.config.out_dim, o.middle_dim, width, o.n_layer,
+                                                    o.dropout, o.exp_dim)).to(self.device)
+        blocks.freeze(c.vae, c.unet, c.text_encoder)
+        blocks.place((c.vae, c.unet, c.text_encoder), self.device, self.dtype)
+        self.msid.to(self.device)
+        self.latents = blocks.LatentEncoder(c.vae, self.device, self.dtype)
+        self.ids, self.positions = inject.identifier_positions(c.tokenizer, [o.prompt])
+        self.ids = self.ids.to(self.device)
+        with torch.no_grad():
+            self.class_cond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [o.class_prompt], self.device)
+        self.modules = {"mapping": self.mapping}
+        self.vae_factor = 2 ** (len(c.vae.config.block_out_channels) - 1)
+        self.resolution = config.data.resolution or c.unet.config.sample_size * self.vae_factor
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"mapping": self.mapping}
+
+    def use_modules(self, modules: dict) -> None:
+        self.modules = modules
+
+    def dataloader(self, start: int, rank: int, world: int):
+        b, k = self.config.train.train_batch_size, start
+        latent = self.resolution // self.vae_factor
+        while True:
+            first = (k * world + rank) * b
+            samples = [self.source(self.config.train.seed, first + i) for i in range(b)]
+            yield data.collate(samples, self.resolution, self.msid.config.img_size, latent) | {"index": first}
+            k += 1
+
+    def condition(self, faces: torch.Tensor, exp: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+        """c* for each face: (B, 77, W)."""
+        with torch.no_grad():
+            idvec = self.msid(faces.to(self.device))  # (B, 4D)
+        first, last = self.modules["mapping"](idvec, exp, keep)  # (B, W) each
+        n = len(faces)
+        with self.accelerator.autocast():
+            return inject.encode(self.c.text_encoder, self.ids.expand(n, -1), first, last,
+                                 self.positions.expand(n)).to(self.dtype)
+
+    def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        o, c = self.o, self.c
+        n = len(batch["pixels"])
+        latents = self.latents(batch["pixels"], list(range(n)), gen)  # (B, C, h, w)
+        noised = blocks.noise_and_target(c.scheduler, latents, gen)
+        exp = keep = None
+        if o.expression_guidance:
+            exp, keep = batch["exp"].to(self.device), expression_keep(n, o.p_uncond, gen).to(self.device)
+        cond = self.condition(batch["faces"], exp, keep)
+        pred = blocks.predict(c.unet, noised.noisy, noised.timesteps, cond, self.accelerator)
+        mask = batch["mask"].to(self.device) if o.cgdr else torch.ones_like(batch["mask"]).to(self.device)
+        with torch.no_grad():
+            teacher = blocks.predict(c.unet, noised.noisy, noised.timesteps, self.class_cond.expand(n, -1, -1)
+                                     .to(self.dtype), self.accelerator) if o.cgdr else noised.target
+        return {"loss_cgdr": loss_cgdr(pred, noised.target, teacher, mask),
+                "face_fraction": mask.mean().detach()}
+
+    def face_encoder(self) -> encoder.FaceEncoder:
+        m = self.modules["mapping"]
+        return encoder.FaceEncoder(self.msid, getattr(m, "module", m))
+
+    def validation_images(self, pipe, prompt, seeds, steps):
+        from personalize.methods.face2diffusion.edit import FaceEdit
+
+        photo = self.o.validation_face or _toy_validation_face()
+        self.mapping.eval()
+        try:
+            edit = FaceEdit(self.face_encoder(), [photo])
+            return [g.image for g in pipe.generate(prompt, seed=list(seeds), steps=steps, edits=[edit])]
+        finally:
+            self.mapping.train()
+
+    def artifact(self) -> ArtifactContent:
+        enc = self.face_encoder()
+        meta = enc.metadata() | {"msid_source": self.o.msid, "data": self.o.data, "cgdr": str(self.o.cgdr),
+                                 "expression_guidance": str(self.o.expression_guidance)}
+        return ArtifactContent(self.o.artifact_name, {}, enc.tensors(), "f2d_encoder", meta)
+
+
+def _toy_validation_face():
+    from PIL import Image
+
+    from personalize.toyworld import faces
+
+    return Image.fromarray(faces.held_out_photo(faces.HELD_OUT[0]))
+
+
+def build(options: Options, config) -> MappingTraining:
+    return MappingTraining(options, config)
