@@ -40,6 +40,17 @@ def _add_generate(sub) -> None:
     g.add_argument("--suppress-alpha", type=float, default=None, help="SWR strength (default 1; < 0 strengthens)")
     g.add_argument("--suppress-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other Suppression setting, e.g. retain_fraction=0.3, ito_iters=5 (repeatable)")
+    _add_face_flags(p)
+
+
+def _add_face_flags(p) -> None:
+    g = p.add_argument_group("faces (Face2Diffusion): the person goes where each prompt says 'f l'")
+    g.add_argument("--face", action="append", default=[], metavar="PHOTO",
+                   help="an aligned square face crop; one for every prompt, or one per prompt (repeatable)")
+    g.add_argument("--face-encoder", default=None, metavar="FILE",
+                   help="a face2diffusion.safetensors encoder (default on the toy world: the shipped one)")
+    g.add_argument("--person", action="append", default=[], metavar="FILE",
+                   help="a <name>.f2d.safetensors person file instead of a photo (repeatable)")
 
 
 def _suppress_options(args) -> dict:
@@ -57,13 +68,23 @@ def _suppress_options(args) -> dict:
 
 
 def _edits(args) -> list:
-    """The generation edits (`personalize.pipeline.Edit`) the flags ask for: SuppressEOT for --suppress."""
-    options = _suppress_options(args)
-    if not args.suppress:
-        return []
+    """The generation edits (`personalize.pipeline.Edit`) the flags ask for: SuppressEOT for --suppress, the
+    Face2Diffusion face edit for --face / --person."""
     from personalize.methods import make_edit
 
-    return [make_edit("suppress_eot", {"words": args.suppress, "suppress_mode": args.suppress_mode, **options})]
+    options, edits = _suppress_options(args), []
+    if args.face_encoder and not args.face:
+        raise PersonalizeError("--face-encoder needs --face PHOTO")
+    if args.face or args.person:
+        if args.suppress:
+            raise PersonalizeError("--face/--person and --suppress do not combine yet (both edit the prompt's "
+                                   "text embedding)")
+        edits.append(make_edit("face2diffusion", {"face": args.face, "person": args.person, "base": args.base,
+                                                  "encoder": args.face_encoder or ""}))
+    if args.suppress:
+        edits.append(make_edit("suppress_eot", {"words": args.suppress, "suppress_mode": args.suppress_mode,
+                                                **options}))
+    return edits
 
 
 def _add_convert(sub) -> None:

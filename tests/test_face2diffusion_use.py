@@ -170,3 +170,24 @@ def test_stage_options_are_checked_before_loading(tmp_path):
         build_method(config(tmp_path, {"name": "face2diffusion", "msid": "x", "prompt": "a photo of sks"}))
     with pytest.raises(MethodError, match="ext_depths"):
         build_method(config(tmp_path, {"name": "f2d_msid", **MSID_SMALL, "ext_depths": [5]}))
+
+
+def test_generate_command_with_faces(files, tmp_path, capsys):
+    from personalize.cli import main
+
+    photo().save(tmp_path / "a.png")
+    photo(faces.HELD_OUT[5]).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    args = ["generate", "--prompt", "a photo of f l", "--prompt", "a photo of a smiling f l", "--seeds", "0-1",
+            "--steps", "2", "--batch-size", "1", "--face-encoder", str(files[1]), "--no-progress"]
+    assert main(args + ["--face", str(tmp_path / "a.png"), "--face", str(tmp_path / "b.png"), "--out", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) == 4 + 1  # 2 prompts x 2 seeds, plus grid.png
+    records = [line for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and "a.png#" in records[0]
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    for bad, message in [(["--face", str(tmp_path / "bad.png")], "not a readable image"),
+                         (["--face", str(tmp_path / "a.png"), "--prompt", "a person"], "no identifier"),
+                         (["--face", str(tmp_path / "a.png"), "--suppress", "f"], "do not combine")]:
+        fresh = tmp_path / f"none-{len(message)}"
+        assert main(args + bad + ["--out", str(fresh)]) == 2
+        assert message in capsys.readouterr().err and not fresh.exists()

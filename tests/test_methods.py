@@ -46,10 +46,12 @@ TRAINED = {
     "uce": Row({"concepts": ["dog"], "erase_scale": 10.0}, [r"unet\..*\.attn2\.to_[kv]\.weight"], "a photo of a dog"),
 }
 INFERENCE = {"suppress_eot"}
+ENCODERS = {"f2d_msid", "face2diffusion"}  # trained once on a dataset; they change no pipeline weight
 
 
 def test_the_table_covers_every_registry_entry():
-    assert set(TRAINED) | INFERENCE == set(REGISTRY)
+    assert set(TRAINED) | INFERENCE | ENCODERS == set(REGISTRY)
+    assert {n for n, r in REGISTRY.items() if r.kind == "encoder"} == ENCODERS
     assert {n for n, r in REGISTRY.items() if r.build is None} == INFERENCE
     assert all(r.name == n for n, r in REGISTRY.items())
 
@@ -118,6 +120,30 @@ def test_inference_method_edits_generation_and_leaves_the_model_as_it_was(pipe_s
     assert same_state(state(sd.text_encoder), te0) and same_state(state(sd.unet), unet0)
     assert len(sd.tokenizer) == ntok
     assert np.array_equal(pixels(pipe_sd1.generate(prompt, seed=0, steps=4)[0]), pixels(plain))
+
+
+def test_encoder_methods_move_no_model_weight_and_their_edit_leaves_it_as_it_was(tmp_path, tiny_sd1, concept_dir):
+    """Face2Diffusion's two stages on an SD1-shaped model: the UNet, VAE and text encoder are bitwise what they
+    were; the encoder file is refused as a pipeline artifact and used by the face edit instead."""
+    from PIL import Image
+
+    before = _flat_state(load_components(str(tiny_sd1)))
+    small = {"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "ext_depths": [0, 1]}
+    msid = train(train_config(tiny_sd1, concept_dir, tmp_path / "a", "f2d_msid", small, train_batch_size=4))
+    f2d = train(train_config(tiny_sd1, concept_dir, tmp_path / "b", "face2diffusion",
+                             {"msid": str(msid.artifact), "middle_dim": 16, "exp_dim": 3}, train_batch_size=2))
+    assert _moved(before, _flat_state(f2d.method.c)) == set()
+    pipe = load_pipeline(str(tiny_sd1), device="cpu")
+    with pytest.raises(Exception, match="not a pipeline artifact"):
+        pipe.add_artifact(f2d.artifact)
+    te0, unet0 = state(pipe.sd.text_encoder), state(pipe.sd.unet)
+    plain = pipe.generate("a photo of f l", seed=0, steps=3)[0]
+    face = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+    edit = REGISTRY["face2diffusion"].edit({"encoder": str(f2d.artifact), "face": [face]})
+    edited = pipe.generate("a photo of f l", seed=0, steps=3, edits=[edit])[0]
+    assert np.abs(pixels(edited) - pixels(plain)).mean() > 0.05 and "face" in edited.settings
+    assert same_state(state(pipe.sd.text_encoder), te0) and same_state(state(pipe.sd.unet), unet0)
+    assert np.array_equal(pixels(pipe.generate("a photo of f l", seed=0, steps=3)[0]), pixels(plain))
 
 
 # ------------------------------------------------------------------------------ a method written for this test

@@ -113,10 +113,17 @@ class FaceEdit:
         if photos and encoder is None:
             raise FaceError("a face photo needs the Face2Diffusion encoder (face_encoder / method.encoder)")
         self.faces = list(people) + (encode_faces(encoder, list(photos), check) if photos else [])
+        self.by_prompt: dict[str, Face] = {}
 
     def check(self, sd, prompts: list[str]) -> None:
-        if len(self.faces) not in (1, len(prompts)):
-            raise FaceError(f"{len(self.faces)} faces for {len(prompts)} prompts: give one face, or one per prompt")
+        """One face for every prompt, or one per prompt (remembered by prompt, so that a batch command that
+        splits the prompts into calls gives each its face)."""
+        if len(self.faces) > 1 and not all(p in self.by_prompt for p in prompts):
+            if len(self.faces) != len(prompts):
+                raise FaceError(f"{len(self.faces)} faces for {len(prompts)} prompts: give one face, or one per "
+                                "prompt")
+            if len(set(prompts)) == len(prompts):  # repeated prompts: faces in order, in one call
+                self.by_prompt = dict(zip(prompts, self.faces))
         width = sd.text_encoder.get_input_embeddings().weight.shape[1]
         if self.faces[0].first.shape[-1] != width:
             raise FaceError(f"the face vectors have width {self.faces[0].first.shape[-1]}, the text encoder {width}: "
@@ -127,7 +134,7 @@ class FaceEdit:
         prompts = call["prompt"]
         if prompts is None:
             raise FaceError("the face edit needs the prompt as text: apply it before an edit that encodes prompts")
-        faces = self.faces * len(prompts) if len(self.faces) == 1 else self.faces
+        faces = self.faces * len(prompts) if len(self.faces) == 1 else self._faces_for(prompts)
         ids, positions = inject.identifier_positions(sd.tokenizer, prompts)
         te = sd.text_encoder
         dtype, device = te.dtype, te.device
@@ -137,6 +144,13 @@ class FaceEdit:
             embeds = inject.encode(te, ids.to(device), first, last, positions)  # (B, 77, W)
         # diffusers encodes the negative prompt (or "") as text: the unconditional branch has no face (official)
         return {k: v for k, v in call.items() if k != "prompt"} | {"prompt": None, "prompt_embeds": embeds}, _nothing
+
+    def _faces_for(self, prompts: list[str]) -> list[Face]:
+        if len(prompts) == len(self.faces):
+            return self.faces
+        if all(p in self.by_prompt for p in prompts):
+            return [self.by_prompt[p] for p in prompts]
+        raise FaceError(f"{len(self.faces)} faces for a call of {len(prompts)} prompts: give one face, or one per prompt")
 
     def describe(self) -> dict:
         return {"face": [f.name for f in self.faces]}

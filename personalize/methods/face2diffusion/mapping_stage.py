@@ -29,7 +29,8 @@ from personalize.methods.face2diffusion.model import MappingConfig, MappingNetwo
 @dataclass
 class Options:
     name: str = "face2diffusion"
-    msid: str = ""  # the stage-1 file (method f2d_msid), or a face2diffusion file whose encoder is reused
+    msid: str = ""  # the stage-1 file (method f2d_msid), a face2diffusion file whose encoder is reused, or
+    # "toyworld": the toy world's shipped stage-1 encoder (assets/toyworld_f2d/f2d_msid.safetensors)
     data: str = "toyworld"  # "toyworld" or a folder of identities with masks and expressions (data.py)
     artifact_name: str = "face2diffusion"
     prompt: str = "a photo of f l"  # "A photo of S*" (F2D Fig. 2)
@@ -55,7 +56,7 @@ class MappingTraining:
             raise MethodError(f"method.p_uncond={o.p_uncond}: expected a probability in [0, 1]")
         if inject.IDENTIFIER not in o.prompt:
             raise MethodError(f"method.prompt={o.prompt!r} must contain the identifier '{inject.IDENTIFIER}'")
-        self.msid = encoder.load_msid(o.msid)  # a bad file fails before the base model loads
+        self.msid = encoder.load_msid(toy_msid() if o.msid == "toyworld" else o.msid)  # fails before the base loads
         self.source = data.make_source(o.data, o.exp_dim if o.expression_guidance else None)
 
     def setup(self, components, config, accelerator) -> None:
@@ -139,6 +140,12 @@ class MappingTraining:
         meta = enc.metadata() | {"msid_source": self.o.msid, "data": self.o.data, "cgdr": str(self.o.cgdr),
                                  "expression_guidance": str(self.o.expression_guidance)}
         return ArtifactContent(self.o.artifact_name, {}, enc.tensors(), "f2d_encoder", meta)
+
+
+def toy_msid() -> str:
+    from personalize.resources import asset
+
+    return str(asset("toyworld_f2d", "f2d_msid.safetensors"))
 
 
 def _toy_validation_face():
