@@ -54,6 +54,8 @@ class Edit(Protocol):
     describe()                JSON-able settings merged into each image's settings (its PNG `personalize` chunk,
                               compared by batch resume); keys must not clash with the base settings or other edits
     label()                   "Key: value" text appended to the A1111-style `parameters` chunk ("" for none)
+    known_words               optional: words of the prompt the edit gives a meaning (the toy world's unknown-
+                              word note leaves them out)
 
     `sd` is the stock diffusers `StableDiffusionPipeline`. Several edits apply in order; cleanups run in reverse."""
 
@@ -201,9 +203,9 @@ class Pipeline:
     def set_scheduler(self, name: str) -> None:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
 
-    def prompt_hint(self, prompts: list[str]) -> str | None:
+    def prompt_hint(self, prompts: list[str], known: Sequence[str] = ()) -> str | None:
         """On the toy world: one line naming the words of `prompts` it never saw (None when all are known, and
-        always on other bases)."""
+        always on other bases); `known` adds words (an edit's identifier: Face2Diffusion's "f l")."""
         if self.base != "toyworld":
             return None
         from personalize.artifacts import trained_on
@@ -212,6 +214,7 @@ class Pipeline:
         self._toy_words = self._toy_words or vocabulary.vocabulary()
         # trigger words, and the words a tokenless artifact (DreamBooth, LoRA) was trained with ("sks")
         triggers = [t for a in self.artifacts for t in a.triggers + trained_on(a).replace("{}", " ").split()]
+        triggers += list(known)
         return vocabulary.hint_for(vocabulary.unknown_in(prompts, self._toy_words, triggers))
 
     def check_edits(self, prompts: list[str], edits: Sequence[Edit]) -> None:
@@ -278,7 +281,7 @@ class Pipeline:
             edits.append(make_edit("face2diffusion", {"face": face, "person": person, "base": self.base,
                                                       "encoder": face_encoder or ""}))
         self.check_edits(prompts, edits)
-        hint = self.prompt_hint(prompts)
+        hint = self.prompt_hint(prompts, [w for e in edits for w in getattr(e, "known_words", ())])
         if hint:
             logger.warning("note: %s", hint)
         # CPU generators, as diffusers recommends for reproducibility: a seed gives the same starting noise

@@ -191,3 +191,14 @@ def test_generate_command_with_faces(files, tmp_path, capsys):
         fresh = tmp_path / f"none-{len(message)}"
         assert main(args + bad + ["--out", str(fresh)]) == 2
         assert message in capsys.readouterr().err and not fresh.exists()
+
+
+def test_the_identifier_is_a_known_word_with_a_face(files, pipe, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="personalize.pipeline"):
+        pipe.generate("a photo of f l", face=photo(), face_encoder=str(files[1]), seed=0, steps=2)
+    assert "does not know" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="personalize.pipeline"):
+        pipe.generate("a photo of f l", seed=0, steps=2)  # without a face, "f l" are unknown words
+    assert "does not know 'f', 'l'" in caplog.text

@@ -224,3 +224,12 @@ def test_the_hint_knows_the_words_a_tokenless_artifact_was_trained_with(tmp_path
     pipe._applied.append(type("A", (), {"artifact": load_artifact(path)})())  # as add_artifact records it
     assert pipe.prompt_hint(["a photo of a smiling sks person"]) is None
     assert Pipeline(None, "path/to/sd15").prompt_hint(["a photo of a dog"]) is None  # real bases: no hint
+
+
+def test_a_trigger_is_cut_out_of_a_prompt_only_as_a_whole_word():
+    from personalize.toyworld.vocabulary import unknown_words
+
+    known = {"a", "photo", "of", "person"}
+    assert unknown_words("a photo of f l", known, ["f", "l"]) == []  # not the "o" left of "of"
+    assert unknown_words("a photo of sks tasks", known, ["sks"]) == ["tasks"]
+    assert unknown_words("a photo of dct-person-18 person", known, ["dct-person-18"]) == []

@@ -51,8 +51,8 @@ def photo(identity: int):
 
 def rates(pipe, judge, identity: int, per_prompt: int, seed: int, prefixes: dict = MEASURE,
           face_kw: dict | None = None) -> dict[str, float]:
-    """Judge's rate per probe for one identity; `face_kw` is what `generate` gets for the face (face=photo,
-    face_encoder=... or person=...); None generates without a face. Probes with the same prompts share images."""
+    """Judge's rate per probe for one identity; `face_kw` is what `generate` gets for the face (edits=[a face
+    edit], or person=...); None generates without a face. Probes with the same prompts share images."""
     out, drawn = {}, {}
     for probe, items in probes(identity, prefixes).items():
         prompts, n = tuple(p for p, _ in items), IMAGES.get(probe, 1) * per_prompt
@@ -70,7 +70,10 @@ def measure_encoder(encoder: str | Path, per_prompt: int = 2, sample_seed: int =
     from personalize.pipeline import load_pipeline
     from personalize.toyworld.judge import Judge
 
-    pipe, j = load_pipeline("toyworld", device="cpu"), Judge.load(judge)
-    rows = [rates(pipe, j, i, per_prompt, sample_seed + 10 * k, prefixes,
-                  {"face": photo(i), "face_encoder": str(encoder)}) for k, i in enumerate(identities)]
+    from personalize.methods.face2diffusion.edit import FaceEdit
+    from personalize.methods.face2diffusion.encoder import FaceEncoder
+
+    pipe, j, enc = load_pipeline("toyworld", device="cpu"), Judge.load(judge), FaceEncoder.load(encoder)
+    rows = [rates(pipe, j, i, per_prompt, sample_seed + 10 * k, prefixes, {"edits": [FaceEdit(enc, [photo(i)])]})
+            for k, i in enumerate(identities)]
     return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}

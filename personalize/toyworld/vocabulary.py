@@ -32,8 +32,9 @@ def unknown_words(prompt: str, known: set[str], triggers: list[str] = ()) -> lis
     """The words of `prompt` the toy model never saw (trigger words of loaded artifacts are known), in order."""
     allowed = known | {t.lower() for t in triggers}
     text = prompt.lower()
-    for t in sorted(triggers, key=len, reverse=True):  # a trigger may hold digits ("dct-person-18"): cut it out whole
-        text = text.replace(t.lower(), " ")
+    for t in sorted(triggers, key=len, reverse=True):  # a trigger may hold digits ("dct-person-18"): cut it out
+        # whole, and only as a whole word (Face2Diffusion's "f" is not the f of "of")
+        text = re.sub(rf"(?<![a-z0-9-]){re.escape(t.lower())}(?![a-z0-9-])", " ", text)
     seen, out = set(), []
     for word in _WORD.findall(text):
         if word not in allowed and word not in seen:

@@ -107,6 +107,8 @@ def load_person(path: str | Path) -> Face:
 class FaceEdit:
     """The generation edit: faces (one, or one per prompt) into every prompt's "f l"."""
 
+    known_words = tuple(inject.IDENTIFIER.split())
+
     def __init__(self, encoder: FaceEncoder | None, photos: list = (), people: list[Face] = (), check=None):
         if not photos and not people:
             raise FaceError("the face edit needs a face photo or a person file")
