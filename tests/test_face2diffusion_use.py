@@ -202,3 +202,11 @@ def test_the_identifier_is_a_known_word_with_a_face(files, pipe, caplog):
     with caplog.at_level(logging.WARNING, logger="personalize.pipeline"):
         pipe.generate("a photo of f l", seed=0, steps=2)  # without a face, "f l" are unknown words
     assert "does not know 'f', 'l'" in caplog.text
+
+
+def test_no_shipped_toy_encoder_is_a_clear_error(pipe, tmp_path, monkeypatch):
+    import personalize.resources
+
+    monkeypatch.setattr(personalize.resources, "asset", lambda *parts: tmp_path.joinpath(*parts))
+    with pytest.raises(edit.FaceError, match="train one with `python training/toyworld_f2d.py`"):
+        pipe.generate("a photo of f l", face=photo(), seed=0, steps=2)

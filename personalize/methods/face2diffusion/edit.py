@@ -189,7 +189,11 @@ def edit(options: dict | FaceOptions) -> FaceEdit:
     if o.base == "toyworld":
         from personalize.resources import asset
 
-        encoder = encoder or str(asset("toyworld_f2d", "face2diffusion.safetensors"))
+        shipped = asset("toyworld_f2d", "face2diffusion.safetensors")
+        if photos and not encoder and not shipped.exists():
+            raise FaceError(f"no toy-world face encoder at {shipped}: train one with `python training/"
+                            "toyworld_f2d.py` (both stages, about 30 min on 2 CPU cores) or pass --face-encoder FILE")
+        encoder = encoder or str(shipped)
         check = _toy_face_check
     return FaceEdit(FaceEncoder.load(encoder) if photos and encoder else None, photos, people, check)
 
