@@ -42,6 +42,7 @@ class Entry:
     trained_on: str = ""  # for a file without trigger words: the prompt or caption it was trained with
     erases: str = ""  # an erasure artifact's concepts (its `concepts` metadata)
     steered: str = ""  # a class token's class (dct's `target_label` metadata)
+    face: str = ""  # a Face2Diffusion file: "encoder" or "person" (chosen as the face, not applied as an artifact)
 
     @property
     def name(self) -> str:
@@ -68,7 +69,8 @@ def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
     base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
     entry = Entry(str(path), art.method, art.triggers, base, rel=rel, modified=stamp,
                   trained_on="" if art.triggers else trained_on(art), erases=art.metadata.get("concepts", ""),
-                  steered=art.metadata.get("target_label", ""))
+                  steered=art.metadata.get("target_label", ""),
+                  face={"f2d_encoder": "encoder", "f2d_identity": "person"}.get(art.kind, ""))
     try:
         check_width(art, width)
     except ArtifactError as err:
@@ -126,6 +128,33 @@ class Studio:
         from personalize.methods import make_edit
 
         return [make_edit("suppress_eot", {"words": words, "suppress_mode": suppress_mode})]
+
+    def face_files(self) -> list[Entry]:
+        """The Face2Diffusion encoders and person files of the artifacts folder (the app's face choices)."""
+        return [e for e in self.entries() if e.face and e.usable]
+
+    def face_edits(self, face=None, face_file: str = "") -> list:
+        """The Face2Diffusion edit for an uploaded photo (PIL image or path) and `face_file`, an encoder or person
+        file of the artifacts folder ("" on the toy world: its shipped encoder); none when neither is given."""
+        if face is None and not face_file:
+            return []
+        from personalize.methods import make_edit
+
+        path = self._artifact_paths([face_file])[0] if face_file else ""
+        person = path and load_artifact(path).kind == "f2d_identity"
+        if person and face is not None:
+            raise PersonalizeError(f"{face_file} is a person file: choose an encoder to use the uploaded photo, or "
+                                   "clear the photo")
+        if face is None and not person:
+            raise PersonalizeError(f"{face_file} is a face encoder: upload a face photo to go with it")
+        options = {"person": [path]} if person else {"face": [face], "encoder": path}
+        return [make_edit("face2diffusion", options | {"base": self.pipe.base})]
+
+    def face_preview(self, face, face_file: str = ""):
+        """The crop the encoder reads from `face` (a PIL image of its input size), or the error that photo gives."""
+        from PIL import Image
+
+        return Image.fromarray(self.face_edits(face, face_file)[0].crops[0])
 
     def check(self, prompt: str, artifacts: list[str] = (), num_images: int = 1, edits: list = (),
               compare: bool = False) -> None:

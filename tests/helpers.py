@@ -65,3 +65,24 @@ def train_config(model: Path, data: Path, out: Path, method: str, method_opts=No
         "data": {"instance_data_dir": str(data), "instance_prompt": prompt_for(method)},
         "train": train_opts, "method": {"name": method, **(method_opts or {})},
     })
+
+
+F2D_MSID_SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "ext_depths": [0, 1]}
+F2D_MAP_SMALL = {"middle_dim": 32, "n_layer": 2, "dropout": 0.1, "exp_dim": 3}
+
+
+def train_tiny_f2d(root: Path, msid_options: dict | None = None, map_options: dict | None = None):
+    """Both Face2Diffusion stages on the toy world, 2 steps each with small networks: (msid file, encoder file)."""
+    from personalize.config import load_config
+    from personalize.trainer import train
+
+    def config(out, method, batch):
+        return load_config([], {"model": {"pretrained": "toyworld"},
+                                "train": {"output_dir": str(out), "max_train_steps": 2, "train_batch_size": batch,
+                                          "checkpointing_steps": 10_000, "report_to": "none", "learning_rate": 1e-3},
+                                "method": method})
+
+    msid = train(config(root / "msid", {"name": "f2d_msid", **(msid_options or F2D_MSID_SMALL)}, 4)).artifact
+    f2d = train(config(root / "map", {"name": "face2diffusion", "msid": str(msid), **(map_options or F2D_MAP_SMALL)},
+                       2)).artifact
+    return msid, f2d

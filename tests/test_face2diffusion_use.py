@@ -12,10 +12,9 @@ from personalize.atomic import atomic_save_file
 from personalize.config import load_config
 from personalize.methods.base import MethodError
 from personalize.methods.face2diffusion import data, edit, encoder, inject
-from personalize.toyworld import faces
+from helpers import F2D_MAP_SMALL as MAP_SMALL, F2D_MSID_SMALL as MSID_SMALL, train_tiny_f2d
 
-MSID_SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "ext_depths": [0, 1]}
-MAP_SMALL = {"middle_dim": 32, "n_layer": 2, "dropout": 0.1, "exp_dim": 3}
+from personalize.toyworld import faces
 
 
 def config(out, method, **train):
@@ -27,13 +26,7 @@ def config(out, method, **train):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from personalize.trainer import train
-
-    root = tmp_path_factory.mktemp("f2d")
-    msid = train(config(root / "msid", {"name": "f2d_msid", **MSID_SMALL})).artifact
-    f2d = train(config(root / "map", {"name": "face2diffusion", "msid": str(msid), **MAP_SMALL},
-                       train_batch_size=2)).artifact
-    return msid, f2d
+    return train_tiny_f2d(tmp_path_factory.mktemp("f2d"))
 
 
 @pytest.fixture(scope="module")

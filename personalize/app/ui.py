@@ -35,6 +35,8 @@ def _choices(studio) -> tuple[list[tuple[str, str]], str]:
     """(CheckboxGroup choices as (label, path relative to the folder), markdown listing the unusable files)."""
     usable, unusable = [], []
     for entry in studio.entries():
+        if entry.face and entry.usable:
+            continue  # a face encoder or person file: the Face accordion's choice, not an artifact to apply
         (usable if entry.usable else unusable).append((entry.label, entry.rel))
     note = "\n".join(f"- {label}" for label, _ in unusable)
     return usable, (f"**Not usable with this model:**\n{note}" if note else "")
@@ -46,22 +48,26 @@ class Callbacks:
     def __init__(self, studio):
         self.studio = studio
 
+    def _edits(self, suppress, suppress_mode, face, face_file) -> list:
+        return self.studio.edits(suppress, suppress_mode) + self.studio.face_edits(face, face_file or "")
+
     def check(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-              suppress, suppress_mode, compare=False):
+              suppress, suppress_mode, compare=False, face=None, face_file=""):
         """Run before `generate` (same inputs, no outputs): a bad setting is a message, and the gallery keeps
         the last images instead of an error overlay (gradio marks the failing event's outputs)."""
         try:
-            self.studio.check(prompt, artifacts, num_images, self.studio.edits(suppress, suppress_mode), compare)
+            self.studio.check(prompt, artifacts, num_images, self._edits(suppress, suppress_mode, face, face_file),
+                              compare)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
 
     def generate(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-                 suppress, suppress_mode, compare=False, progress=gr.Progress(track_tqdm=True)):
+                 suppress, suppress_mode, compare=False, face=None, face_file="", progress=gr.Progress(track_tqdm=True)):
         """The images; with `compare`, each beside the same seed without the erasure artifacts."""
         settings = {"steps": steps, "guidance_scale": guidance_scale, "width": width, "height": height,
                     "num_images": num_images}
         try:
-            settings["edits"] = self.studio.edits(suppress, suppress_mode)
+            settings["edits"] = self._edits(suppress, suppress_mode, face, face_file)
             if not compare:
                 images = self.studio.generate(prompt, negative_prompt, artifacts, seed, **settings)
                 return [(shown(im.image), f"seed {im.settings['seed']}") for im in images], \
@@ -77,6 +83,15 @@ class Callbacks:
         if not images:
             return "Nothing to save yet: generate first."
         return "Saved:\n" + "\n".join(f"- `{p}`" for p in self.studio.save(images))
+
+    def preview(self, face, face_file):
+        """The aligned crop the encoder will read, shown as soon as a photo is uploaded."""
+        if face is None:
+            return None
+        try:
+            return shown(self.studio.face_preview(face, face_file or ""))
+        except PersonalizeError as err:
+            raise gr.Error(str(err)) from None
 
     def rescan(self):
         choices, note = _choices(self.studio)
@@ -105,6 +120,15 @@ def _prompt_column(studio) -> dict:
         c["rescan"] = gr.Button("Rescan artifacts", size="sm")
         c["upload"] = gr.File(label="Add a .safetensors artifact", file_types=[".safetensors"], file_count="single",
                               height=80)
+    with gr.Accordion("Face (Face2Diffusion): put a person where the prompt says 'f l'", open=False):
+        faces = [("the toy world's encoder" if studio.pipe.base == "toyworld" else "(choose an encoder)", "")]
+        faces += [(f"{e.rel} | {e.face}", e.rel) for e in studio.face_files()]
+        with gr.Row():
+            c["face"] = gr.Image(type="pil", label="Face photo (an aligned square crop)", elem_id="face",
+                                 image_mode="RGB", sources=["upload", "clipboard"], height=160)
+            c["face_crop"] = gr.Image(label="What the encoder reads", interactive=False, height=160,
+                                      elem_id="face_crop")
+        c["face_file"] = gr.Dropdown(faces, value="", label="Encoder or person file (a person file needs no photo)")
     with gr.Accordion("Suppress (SuppressEOT): leave words of the prompt out of the image", open=False):
         c["suppress"] = gr.Textbox(label="Words or spans to suppress (comma-separated)", elem_id="suppress")
         c["suppress_mode"] = gr.Radio(SUPPRESS_MODES, value="swr", label="Mode (swr+ito: slower, stronger)")
@@ -146,12 +170,13 @@ def build(studio, title: str = "personalize") -> gr.Blocks:
             save = gr.Button("Save to outputs", elem_id="save")
             saved = gr.Markdown()
         inputs = [c[k] for k in ("prompt", "negative", "artifacts", "seed", "steps", "guidance", "width", "height",
-                                 "num_images", "suppress", "suppress_mode", "compare")]
+                                 "num_images", "suppress", "suppress_mode", "compare", "face", "face_file")]
         checked = c["run"].click(on.check, inputs, None, api_visibility="private", show_progress="hidden",
                                  concurrency_limit=1, concurrency_id="model")
         checked.success(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,
                         concurrency_id="model")
         save.click(on.save, [last], [saved], api_name="save")
         c["rescan"].click(on.rescan, None, [c["artifacts"], c["unusable"]], api_name="rescan")
+        c["face"].upload(on.preview, [c["face"], c["face_file"]], [c["face_crop"]], api_name="face_preview")
         c["upload"].upload(on.upload, [c["upload"]], [c["artifacts"], c["unusable"], c["upload"]], api_name="upload")
     return demo

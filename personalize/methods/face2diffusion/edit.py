@@ -72,9 +72,12 @@ def read_photo(photo, face_size: int) -> tuple[np.ndarray, str]:
     return np.asarray(im), f"{name}#{digest}"
 
 
-def encode_faces(encoder: FaceEncoder, photos: list, check=None) -> list[Face]:
-    """Photos -> Faces in one encoder call; `check(uint8 (S, S, 3), name)` may refuse one (the toy face check)."""
+def encode_faces(encoder: FaceEncoder, photos: list, check=None, crops: list | None = None) -> list[Face]:
+    """Photos -> Faces in one encoder call; `check(uint8 (S, S, 3), name)` may refuse one (the toy face check);
+    `crops` (a list) receives what the encoder read, uint8 (S, S, 3) each."""
     arrays, names = zip(*(read_photo(p, encoder.face_size) for p in photos))
+    if crops is not None:
+        crops.extend(arrays)
     for a, n in zip(arrays, names):
         if check is not None:
             check(a, n)
@@ -114,7 +117,8 @@ class FaceEdit:
             raise FaceError("the face edit needs a face photo or a person file")
         if photos and encoder is None:
             raise FaceError("a face photo needs the Face2Diffusion encoder (face_encoder / method.encoder)")
-        self.faces = list(people) + (encode_faces(encoder, list(photos), check) if photos else [])
+        self.crops: list[np.ndarray] = []  # what the encoder read of each photo (the app's preview)
+        self.faces = list(people) + (encode_faces(encoder, list(photos), check, self.crops) if photos else [])
         self.by_prompt: dict[str, Face] = {}
 
     def check(self, sd, prompts: list[str]) -> None:
