@@ -52,21 +52,9 @@ def stage(config: str, out: Path, seed: int, overrides: dict) -> tuple[Path, flo
     return path, time.perf_counter() - start
 
 
-def dotted(items: list[str]) -> dict:
-    from personalize.config import parse_scalar
-
-    out: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = parse_scalar(value, key)
-    return out
-
-
 def main() -> None:
+    from personalize.config import parse_overrides
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "assets" / "toyworld_f2d"))
     ap.add_argument("--work", default=str(ROOT / "outputs" / "toyworld-f2d-train"))
@@ -82,7 +70,7 @@ def main() -> None:
     else:
         msid, metrics["stage1_seconds"] = stage("f2d_msid.yaml", work / "msid", args.seed, {})
     metrics["stage1_heldout_retrieval"] = retrieval(msid)
-    overrides = dotted(args.set)
+    overrides = parse_overrides([f"--{item}" for item in args.set])
     overrides.setdefault("method", {})["msid"] = str(msid)
     f2d, metrics["stage2_seconds"] = stage("face2diffusion.yaml", work / "map", args.seed, overrides)
     if not args.msid:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from personalize.errors import PersonalizeError
+from personalize.methods.blocks import token_ids
 
 IDENTIFIER = "f l"  # the pseudo-word S* (official README: "The identifier S* should be represented as 'f l'")
 
@@ -41,8 +42,7 @@ def identifier_positions(tokenizer, prompts: list[str], identifier: str = IDENTI
     inference_f2d.py (any later "f" stays a word). A prompt without the identifier is an error, and so is one
     whose first "f" is not followed by "l" (the official code would silently overwrite whatever follows it)."""
     first_id, last_id = identifier_ids(tokenizer, identifier)
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = token_ids(tokenizer, prompts, "cpu")  # (B, 77), padded as the stock pipeline pads
     positions = []
     for prompt, row in zip(prompts, ids.tolist()):
         if first_id not in row[:-2]:
