@@ -140,14 +140,14 @@ class Studio:
             return []
         from personalize.methods import make_edit
 
-        path = self._artifact_paths([face_file])[0] if face_file else ""
-        person = path and load_artifact(path).kind == "f2d_identity"
+        art = load_artifact(self._artifact_paths([face_file])[0]) if face_file else None  # read once
+        person = art is not None and art.kind == "f2d_identity"
         if person and face is not None:
             raise PersonalizeError(f"{face_file} is a person file: choose an encoder to use the uploaded photo, or "
                                    "clear the photo")
         if face is None and not person:
             raise PersonalizeError(f"{face_file} is a face encoder: upload a face photo to go with it")
-        options = {"person": [path]} if person else {"face": [face], "encoder": path}
+        options = {"person": [art]} if person else {"face": [face], "encoder": art or ""}
         return [make_edit("face2diffusion", options | {"base": self.pipe.base})]
 
     def face_preview(self, face, face_file: str = ""):

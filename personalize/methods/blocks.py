@@ -47,6 +47,16 @@ def trains(module: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def vae_factor(vae) -> int:
+    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for Stable Diffusion."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def train_resolution(config, unet, vae) -> int:
+    """`data.resolution`, or the UNet's native size in pixels when it is not set."""
+    return config.data.resolution or unet.config.sample_size * vae_factor(vae)
+
+
 def token_ids(tokenizer, prompts: list[str], device) -> torch.Tensor:
     """(B, 77) ids, padded to the tokenizer's maximum length as the stock pipeline pads them."""
     return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,

@@ -90,10 +90,10 @@ def held_out_photo(identity: int, expression: str = "neutral", accessory: str = 
     return np.asarray(w.render(scene))
 
 
-def looks_like_face(photo: np.ndarray) -> bool:
-    """The toy world's face detector: Judge A reads the photo as a face scene."""
+def faces_found(photos: list[np.ndarray]) -> list[bool]:
+    """The toy world's face detector: Judge A (loaded once) reads each photo as a face scene."""
     from PIL import Image
 
     from personalize.toyworld.judge import Judge
 
-    return Judge.load("a").predict([Image.fromarray(photo)])[0]["kind"] == "face"
+    return [p["kind"] == "face" for p in Judge.load("a").predict([Image.fromarray(x) for x in photos])]

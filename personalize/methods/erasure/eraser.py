@@ -108,7 +108,7 @@ class Eraser:
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         size = self.c.unet.config.sample_size
         if self.config.data.resolution:
-            size = self.config.data.resolution // 2 ** (len(self.c.vae.config.block_out_channels) - 1)
+            size = self.config.data.resolution // blocks.vae_factor(self.c.vae)
         return batch, self.c.unet.config.in_channels, size, size
 
     def make_xt(self, chosen: list[dict], k: int, gen: torch.Generator) -> torch.Tensor:

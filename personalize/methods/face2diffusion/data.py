@@ -130,12 +130,31 @@ def to_pixels(array: np.ndarray, size: int, flip: bool) -> torch.Tensor:
     return x.flip(-1) if flip else x
 
 
+def batches(source, seed: int, batch_size: int, start: int, rank: int, world: int, make):
+    """Batch k (from `start`) of rank `rank` out of `world`: `make(samples)` of the source's samples at positions
+    (k * world + rank) * batch_size + i, so a resumed run (start = its step) sees the same batches."""
+    k = start
+    while True:
+        first = (k * world + rank) * batch_size
+        yield make([source(seed, first + i) for i in range(batch_size)]) | {"index": first}
+        k += 1
+
+
+def face_batch(samples: list[dict], face_size: int) -> dict:
+    """What stage 1 needs: {"faces" (B, 3, S, S), "labels" (B,)}."""
+    return {"faces": torch.stack([to_pixels(s["face"] if s["face"] is not None else s["photo"], face_size,
+                                            s["flip"]) for s in samples]),
+            "labels": torch.tensor([s["label"] for s in samples])}
+
+
 def collate(samples: list[dict], resolution: int, face_size: int, latent_size: int) -> dict:
     """{"pixels" (B, 3, R, R), "faces" (B, 3, S, S), "mask" (B, 1, h, w) area-downsampled, "exp" (B, E) or None,
     "labels" (B,)}."""
     pixels = torch.stack([to_pixels(s["photo"], resolution, s["flip"]) for s in samples])
-    faces = torch.stack([to_pixels(s["face"] if s["face"] is not None else s["photo"], face_size, s["flip"])
-                         for s in samples])
+    if face_size == resolution and all(s["face"] is None for s in samples):
+        faces = pixels  # the photo is the crop: converted once
+    else:
+        faces = face_batch(samples, face_size)["faces"]
     masks = []
     for s in samples:
         m = torch.ones(s["photo"].shape[:2]) if s["mask"] is None else torch.from_numpy(s["mask"])

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personalize.artifacts import ArtifactError, load_artifact, make_metadata
+from personalize.artifacts import Artifact, ArtifactError, make_metadata
 from personalize.atomic import atomic_save_file
 from personalize.methods.base import MethodError
 from personalize.methods.face2diffusion import inject
-from personalize.methods.face2diffusion.encoder import INJECT_RULE, FaceEncoder
+from personalize.methods.face2diffusion.encoder import INJECT_RULE, FaceEncoder, loaded
 
 PERSON_SUFFIX = ".f2d.safetensors"
 MODES = ("RGB", "RGBA", "L", "LA", "P")  # photo modes read as RGB (alpha dropped); others are refused
@@ -73,14 +73,13 @@ def read_photo(photo, face_size: int) -> tuple[np.ndarray, str]:
 
 
 def encode_faces(encoder: FaceEncoder, photos: list, check=None, crops: list | None = None) -> list[Face]:
-    """Photos -> Faces in one encoder call; `check(uint8 (S, S, 3), name)` may refuse one (the toy face check);
-    `crops` (a list) receives what the encoder read, uint8 (S, S, 3) each."""
+    """Photos -> Faces in one encoder call; `check(arrays, names)` (uint8 (S, S, 3) each) may refuse one (the
+    toy face check); `crops` (a list) receives what the encoder read."""
     arrays, names = zip(*(read_photo(p, encoder.face_size) for p in photos))
     if crops is not None:
         crops.extend(arrays)
-    for a, n in zip(arrays, names):
-        if check is not None:
-            check(a, n)
+    if check is not None:
+        check(list(arrays), list(names))
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, S, S)
     first, last = encoder(x)
     return [Face(f.float().cpu(), l.float().cpu(), n) for f, l, n in zip(first, last, names)]
@@ -97,14 +96,15 @@ def save_person(path: str | Path, face: Face, base_model: str, source: str = "")
                              "f2d.token_last": face.last.float().contiguous()}, path, meta)
 
 
-def load_person(path: str | Path) -> Face:
-    art = load_artifact(path)
+def load_person(source: str | Path | Artifact) -> Face:
+    art = loaded(source)
+    path = art.path
     if art.method != "face2diffusion" or art.kind != "f2d_identity":
         raise ArtifactError(f"{path}: not a Face2Diffusion person file (method {art.method!r}, weights "
                             f"{art.kind!r}); expected a {PERSON_SUFFIX} file written by save_person / the app")
     if art.metadata.get("inject") != INJECT_RULE:
         raise ArtifactError(f"{path}: injection rule {art.metadata.get('inject')!r}, expected {INJECT_RULE!r}")
-    return Face(art.weights["f2d.token_first"], art.weights["f2d.token_last"], Path(path).name)
+    return Face(art.weights["f2d.token_first"], art.weights["f2d.token_last"], Path(art.path).name)
 
 
 class FaceEdit:
@@ -174,7 +174,7 @@ class FaceOptions:
     """`make_edit("face2diffusion", {...})`: an encoder file and photos, and/or person files. `base: toyworld`
     makes the shipped toy encoder the default and checks each photo with the toy world's face detector."""
 
-    encoder: str = ""
+    encoder: str | Artifact = ""  # a file, or its loaded artifact (read once)
     face: list = field(default_factory=list)
     person: list = field(default_factory=list)
     base: str = ""
@@ -183,7 +183,7 @@ class FaceOptions:
 def _listed(value) -> list:
     if value is None:
         return []
-    return [value] if isinstance(value, (str, Path)) or hasattr(value, "size") else list(value)
+    return [value] if isinstance(value, (str, Path, Artifact)) or hasattr(value, "size") else list(value)
 
 
 def edit(options: dict | FaceOptions) -> FaceEdit:
@@ -202,8 +202,9 @@ def edit(options: dict | FaceOptions) -> FaceEdit:
     return FaceEdit(FaceEncoder.load(encoder) if photos and encoder else None, photos, people, check)
 
 
-def _toy_face_check(photo: np.ndarray, name: str) -> None:
-    from personalize.toyworld.faces import looks_like_face
+def _toy_face_check(photos: list[np.ndarray], names: list[str]) -> None:
+    from personalize.toyworld.faces import faces_found
 
-    if not looks_like_face(photo):
-        raise FaceError(f"face photo {name}: no face found in it (the toy world's face detector, Judge A)")
+    for found, name in zip(faces_found(photos), names):
+        if not found:
+            raise FaceError(f"face photo {name}: no face found in it (the toy world's face detector, Judge A)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from personalize.artifacts import ArtifactError, load_artifact
+from personalize.artifacts import Artifact, ArtifactError, load_artifact
 from personalize.methods.face2diffusion import inject
 from personalize.methods.face2diffusion.model import (
     MappingConfig, MappingNetwork, MSIDConfig, MSIDEncoder, config_from_json, config_json,
@@ -47,9 +47,14 @@ def msid_metadata(msid: MSIDEncoder) -> dict[str, str]:
     return {"msid_config": config_json(msid.config)}
 
 
-def load_msid(path: str | Path) -> MSIDEncoder:
-    """The MSID encoder of an f2d_msid or face2diffusion file, frozen, in eval mode."""
-    art = load_artifact(path)
+def loaded(source: str | Path | Artifact) -> Artifact:
+    return source if isinstance(source, Artifact) else load_artifact(source)
+
+
+def load_msid(source: str | Path | Artifact) -> MSIDEncoder:
+    """The MSID encoder of an f2d_msid or face2diffusion file (or its loaded artifact), frozen, in eval mode."""
+    art = loaded(source)
+    path = art.path
     if art.method not in ("f2d_msid", "face2diffusion") or "msid_config" not in art.metadata:
         raise ArtifactError(f"{path}: not a Face2Diffusion encoder file (method {art.method!r}); expected the "
                             "artifact of method f2d_msid or face2diffusion")
@@ -87,14 +92,15 @@ class FaceEncoder(torch.nn.Module):
                                            "identifier": self.identifier, "inject": INJECT_RULE}
 
     @classmethod
-    def load(cls, path: str | Path) -> "FaceEncoder":
-        art = load_artifact(path)
+    def load(cls, source: str | Path | Artifact) -> "FaceEncoder":
+        art = loaded(source)
+        path = art.path
         if art.method != "face2diffusion" or art.kind != "f2d_encoder":
             hint = (" (an f2d_msid file is the first stage only: train the mapping network on it, "
                     "configs/face2diffusion.yaml)") if art.method == "f2d_msid" else ""
             raise ArtifactError(f"{path}: not a Face2Diffusion encoder (method {art.method!r}, weights "
                                 f"{art.kind!r}); expected method face2diffusion, weights f2d_encoder{hint}")
-        encoder = cls(load_msid(path), MappingNetwork(config_from_json(MappingConfig, art.metadata["mapping_config"])),
+        encoder = cls(load_msid(art), MappingNetwork(config_from_json(MappingConfig, art.metadata["mapping_config"])),
                       art.metadata.get("identifier", inject.IDENTIFIER))
         load_strict(encoder.mapping, art.weights, "mapping", path)
         if art.metadata.get("inject", INJECT_RULE) != INJECT_RULE:

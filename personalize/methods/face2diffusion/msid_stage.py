@@ -72,14 +72,9 @@ class MSIDPretraining:
         self.modules = modules
 
     def dataloader(self, start: int, rank: int, world: int):
-        b, k = self.config.train.train_batch_size, start
-        size = self.msid_config.img_size
-        while True:
-            first = (k * world + rank) * b
-            samples = [self.source(self.config.train.seed, first + i) for i in range(b)]
-            batch = data.collate(samples, size, size, 1)
-            yield {"faces": batch["faces"], "labels": batch["labels"]}
-            k += 1
+        size, t = self.msid_config.img_size, self.config.train
+        return data.batches(self.source, t.seed, t.train_batch_size, start, rank, world,
+                            lambda samples: data.face_batch(samples, size))
 
     def training_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         features = self.modules["msid"](batch["faces"].to(self.device))  # (B, 4D)

@@ -149,11 +149,11 @@ class Tuner:
     # ------------------------------------------------------------------------------------ data
 
     def resolution(self) -> int:
-        return self.config.data.resolution or self.c.unet.config.sample_size * self.vae_factor
+        return blocks.train_resolution(self.config, self.c.unet, self.c.vae)
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.c.vae.config.block_out_channels) - 1)
+        return blocks.vae_factor(self.c.vae)
 
     def dataloader(self, start: int, rank: int, world: int):
         """Instance batches (+ class batches of the same size for prior preservation), deterministic by position."""
