@@ -42,6 +42,8 @@ class Options:
     n_layer: int = 2
     dropout: float = 0.1
     exp_dim: int = 64
+    id_noise: float = 0.0  # std of Gaussian noise added to the (layer-normed) MSID vector while training (ours,
+    # not in the paper: a smoother mapping for identities between the training ones)
     validation_face: str = ""  # a face photo for the validation images (toy world: a held-out identity)
 
 
@@ -52,6 +54,8 @@ class MappingTraining:
         if not o.msid:
             raise MethodError("method.msid is empty: give the stage-1 encoder file (personalize train --config "
                               "configs/f2d_msid.yaml writes f2d_msid.safetensors)")
+        if o.id_noise < 0:
+            raise MethodError(f"method.id_noise={o.id_noise}: expected a standard deviation >= 0")
         if not 0.0 <= o.p_uncond <= 1.0:
             raise MethodError(f"method.p_uncond={o.p_uncond}: expected a probability in [0, 1]")
         if inject.IDENTIFIER not in o.prompt:
@@ -75,8 +79,8 @@ class MappingTraining:
         with torch.no_grad():
             self.class_cond = blocks.encode_prompts(c.tokenizer, c.text_encoder, [o.class_prompt], self.device)
         self.modules = {"mapping": self.mapping}
-        self.vae_factor = 2 ** (len(c.vae.config.block_out_channels) - 1)
-        self.resolution = config.data.resolution or c.unet.config.sample_size * self.vae_factor
+        self.resolution = blocks.train_resolution(config, c.unet, c.vae)
+        self.latent_size = self.resolution // blocks.vae_factor(c.vae)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {"mapping": self.mapping}
@@ -85,18 +89,17 @@ class MappingTraining:
         self.modules = modules
 
     def dataloader(self, start: int, rank: int, world: int):
-        b, k = self.config.train.train_batch_size, start
-        latent = self.resolution // self.vae_factor
-        while True:
-            first = (k * world + rank) * b
-            samples = [self.source(self.config.train.seed, first + i) for i in range(b)]
-            yield data.collate(samples, self.resolution, self.msid.config.img_size, latent) | {"index": first}
-            k += 1
+        t, face_size = self.config.train, self.msid.config.img_size
+        return data.batches(self.source, t.seed, t.train_batch_size, start, rank, world,
+                            lambda samples: data.collate(samples, self.resolution, face_size, self.latent_size))
 
-    def condition(self, faces: torch.Tensor, exp: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
-        """c* for each face: (B, 77, W)."""
+    def condition(self, faces: torch.Tensor, exp: torch.Tensor | None, keep: torch.Tensor | None,
+                  gen: torch.Generator | None = None) -> torch.Tensor:
+        """c* for each face: (B, 77, W); `gen` draws the training noise of `id_noise`."""
         with torch.no_grad():
             idvec = self.msid(faces.to(self.device))  # (B, 4D)
+            if gen is not None and self.o.id_noise > 0:
+                idvec = idvec + self.o.id_noise * torch.randn(idvec.shape, generator=gen).to(self.device)
         first, last = self.modules["mapping"](idvec, exp, keep)  # (B, W) each
         n = len(faces)
         with self.accelerator.autocast():
@@ -111,7 +114,7 @@ class MappingTraining:
         exp = keep = None
         if o.expression_guidance:
             exp, keep = batch["exp"].to(self.device), expression_keep(n, o.p_uncond, gen).to(self.device)
-        cond = self.condition(batch["faces"], exp, keep)
+        cond = self.condition(batch["faces"], exp, keep, gen)
         pred = blocks.predict(c.unet, noised.noisy, noised.timesteps, cond, self.accelerator)
         mask = batch["mask"].to(self.device) if o.cgdr else torch.ones_like(batch["mask"]).to(self.device)
         with torch.no_grad():
