@@ -107,10 +107,13 @@ def test_quickstart_writes_grids_and_a_report(tmp_path):
     text = report.read_text()
     assert "| the person (all 4 traits) |" in text and "| follows the prompt |" in text
     assert all(f"`{p.format('sks ')}`" in text for p in quickstart.NEW_PROMPTS)
-    assert [line[:5] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert [line[:5] for line in lines] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
     cell, label = 32 * 3, 14  # cells enlarged 3x (nearest), a label line above each row
     assert Image.open(tmp_path / "qs" / "samples.png").size == (cell, (cell + label) * len(quickstart.SAMPLE_PROMPTS))
     assert Image.open(tmp_path / "qs" / "subject.png").size == (3 * cell, (cell + label) * (1 + len(quickstart.NEW_PROMPTS)))
+    # step 5: one photo through the shipped Face2Diffusion encoder, base | f l per prompt (seeds=1: 2 columns)
+    assert Image.open(tmp_path / "qs" / "face.png").size == (2 * cell, (cell + label) * (1 + len(quickstart.NEW_PROMPTS)))
+    assert "## Face2Diffusion: one photo, no tuning" in text and "| the person (all 4 traits) |" in text.split("##")[-1]
     shipped = sorted(quickstart.examples_dir().glob("*.*"))
     fresh = sorted(quickstart.write_examples(tmp_path / "photos").glob("*.*"))
     assert [p.name for p in shipped] == ["0.png", "0.txt", "1.png", "1.txt", "2.png", "2.txt"]

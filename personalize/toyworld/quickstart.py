@@ -7,7 +7,9 @@
 3. that person in prompts the photos never show (smiling, surprised, a hat, glasses, other backgrounds), next
    to what the base model draws for the same prompt without "sks" (`subject.png`);
 4. `report.md`: per Judge B (the evaluator), how often the images are that person (all four identity traits:
-   face shape, skin, hair color, hair style) and follow the prompt, personalized against the base model.
+   face shape, skin, hair color, hair style) and follow the prompt, personalized against the base model;
+5. Face2Diffusion, no tuning: the first photo alone through the shipped toy encoder (assets/toyworld_f2d/),
+   the same prompts with "f l" for the person, in seconds (`face.png`, scored in the report too).
 
 The settings (3 captioned photos, lr 1e-4, 300 steps) were chosen on identities 27 and 63 with training seeds
 1-2; the rates they give on other identities and seeds are measured in docs/effects.md ("Quickstart"). Without
@@ -108,7 +110,7 @@ def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides:
 
     out = Path(out)
     photos = examples_dir()
-    say(f"[1/4] the toy model draws {len(SAMPLE_PROMPTS)} prompts -> {out / 'samples.png'}")
+    say(f"[1/5] the toy model draws {len(SAMPLE_PROMPTS)} prompts -> {out / 'samples.png'}")
     pipe, judge = load_pipeline("toyworld", device="cpu"), Judge.load("b")  # Judge B: the evaluator
 
     def gen(prompts: list[str]) -> list:
@@ -120,26 +122,67 @@ def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides:
     labelled_grid(rows, SAMPLE_PROMPTS).save(out / "samples.png")
     base = gen([p.format("") for p in NEW_PROMPTS])
     steps = (train_overrides or {}).get("max_train_steps", TRAIN["max_train_steps"])
-    say(f"[2/4] DreamBooth learns the person in {photos} ({len(list(photos.glob('*.png')))} photos, {steps} steps)")
+    say(f"[2/5] DreamBooth learns the person in {photos} ({len(list(photos.glob('*.png')))} photos, {steps} steps)")
     artifact = learn_person(photos, out / "train", train_overrides)
-    say(f"[3/4] the person in {len(NEW_PROMPTS)} new prompts, next to the base model -> {out / 'subject.png'}")
+    say(f"[3/5] the person in {len(NEW_PROMPTS)} new prompts, next to the base model -> {out / 'subject.png'}")
     pipe.add_artifact(str(artifact))
     tuned = gen([p.format("sks ") for p in NEW_PROMPTS])
     _subject_grid(photos, base, tuned, seeds).save(out / "subject.png")
-    say(f"[4/4] Judge B scores both -> {out / 'report.md'}")
+    say(f"[4/5] Judge B scores both -> {out / 'report.md'}")
     scores = subject_scores(judge, base, seeds), subject_scores(judge, tuned, seeds)
-    (out / "report.md").write_text(_report(artifact, photos, *scores, seeds))
+    report = _report(artifact, photos, *scores, seeds)
+    (out / "report.md").write_text(report)
+    face = sorted(photos.glob("*.png"))[0]
+    say(f"[5/5] Face2Diffusion: {face.name} alone, no tuning, the same prompts with 'f l' -> {out / 'face.png'}")
+    pipe.remove_artifact(str(artifact))
+    face_images, seconds = face_step(pipe, face, seeds)
+    _subject_grid(photos, base, face_images, seeds, [face], "Face2Diffusion").save(out / "face.png")
+    (out / "report.md").write_text(report + _face_report(face, subject_scores(judge, face_images, seeds), seconds))
     return out / "report.md"
 
 
-def _subject_grid(photos: Path, base: list, tuned: list, seeds: int):
+def face_step(pipe, face: Path, seeds: int) -> tuple[list, float]:
+    """The new prompts with the person as "f l", one encoder pass for the photo; (images, encoding seconds)."""
+    import time
+
+    from personalize.methods import make_edit
+
+    start = time.perf_counter()
+    edit = make_edit("face2diffusion", {"face": [str(face)], "base": "toyworld"})
+    seconds = time.perf_counter() - start
+    prompts = [p.replace("{}person", "f l") for p in NEW_PROMPTS]
+    return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, edits=[edit], **SAMPLING)], seconds
+
+
+def _face_report(face: Path, scores: dict, seconds: float) -> str:
+    rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in scores.items())
+    return f"""
+## Face2Diffusion: one photo, no tuning
+
+`face.png`: `{face}` alone through the shipped toy encoder (`assets/toyworld_f2d/face2diffusion.safetensors`,
+trained once on the toy world's 128 training identities; this person is not one of them): {seconds:.2f} s for
+the photo (against the minutes DreamBooth took above), then the same prompts with "f l" for the person (right;
+left: the base model again). Judge B, same columns as above:
+
+| | Face2Diffusion |
+|---|---|
+{rows}
+
+The toy recipe carries skin and hair over but rarely the whole identity (docs/effects.md, "Face2Diffusion").
+"""
+
+
+def _subject_grid(photos: Path, base: list, tuned: list, seeds: int, shown: list | None = None,
+                  by: str = "personalized"):
     from PIL import Image
 
-    rows = [[Image.open(p).convert("RGB") for p in sorted(photos.glob("*.png"))]]
-    labels = ["the 3 photos it learns from (identity never seen by the toy model)"]
+    shown = shown or sorted(photos.glob("*.png"))
+    rows = [[Image.open(p).convert("RGB") for p in shown]]
+    labels = [f"the {len(shown)} photo(s) it learns from (identity never seen by the toy model)"]
     for k, prompt in enumerate(NEW_PROMPTS):
         rows.append(base[k * seeds:(k + 1) * seeds] + tuned[k * seeds:(k + 1) * seeds])
-        labels.append(f"{prompt.format('[sks] ')}   (left: base, right: personalized)")
+        shown_prompt = prompt.format("[sks] ") if by == "personalized" else prompt.replace("{}person", "[f l]")
+        labels.append(f"{shown_prompt}   (left: base, right: {by})")
     return labelled_grid(rows, labels)
 
 
