@@ -19,7 +19,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--artifact", action="append", default=[], help="artifact .safetensors (repeatable)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 30)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance (default 7.5; the toy world 5, what it was tuned for: "
                         "personalize.pipeline.DEFAULT_GUIDANCE)")
@@ -27,6 +27,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     p.add_argument("--scheduler", default=None, help="ddim, euler, euler_a, dpmpp_2m, unipc, pndm, lms, ddpm")
+    p.add_argument("--preset", default=None, metavar="METHOD",
+                   help="a method's official sampling settings where no flag says otherwise, e.g. face2diffusion: "
+                        "euler_a, 30 steps, guidance 7, 512x512 (inference_f2d.py)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
@@ -44,9 +47,13 @@ def _add_generate(sub) -> None:
 
 
 def _add_face_flags(p) -> None:
+    from personalize.face import DETECTOR_HELP
+
     g = p.add_argument_group("faces (Face2Diffusion): the person goes where each prompt says 'f l'")
     g.add_argument("--face", action="append", default=[], metavar="PHOTO",
-                   help="an aligned square face crop; one for every prompt, or one per prompt (repeatable)")
+                   help="a face photo; one for every prompt, or one per prompt (repeatable)")
+    g.add_argument("--face-detector", default=None, metavar="SPEC",
+                   help="how the face is found and aligned: " + DETECTOR_HELP)
     g.add_argument("--face-encoder", default=None, metavar="FILE",
                    help="a face2diffusion.safetensors encoder (default on the toy world: the shipped one)")
     g.add_argument("--person", action="append", default=[], metavar="FILE",
@@ -80,7 +87,8 @@ def _edits(args) -> list:
             raise PersonalizeError("--face/--person and --suppress do not combine yet (both edit the prompt's "
                                    "text embedding)")
         edits.append(make_edit("face2diffusion", {"face": args.face, "person": args.person, "base": args.base,
-                                                  "encoder": args.face_encoder or ""}))
+                                                  "encoder": args.face_encoder or "",
+                                                  "detector": args.face_detector or ""}))
     if args.suppress:
         edits.append(make_edit("suppress_eot", {"words": args.suppress, "suppress_mode": args.suppress_mode,
                                                 **options}))
@@ -88,9 +96,14 @@ def _edits(args) -> list:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert a pickled .pt/.bin embedding to safetensors (weights_only load)")
-    p.add_argument("files", nargs="+", help=".pt or .bin embedding files")
-    p.add_argument("--out", default=None, help="output folder (default: beside each input)")
+    p = sub.add_parser("convert", help="convert pickled .pt/.bin embeddings, or the official Face2Diffusion "
+                                       "weights, to safetensors (weights_only load)")
+    p.add_argument("files", nargs="*", help=".pt or .bin embedding files")
+    p.add_argument("--face2diffusion", nargs=2, default=None, metavar=("MSID.pt", "MAPPING.pt"),
+                   help="the official Face2Diffusion msid.pt and mapping.pt -> one face2diffusion.safetensors "
+                        "encoder (their licence, CC BY-NC-SA 4.0, goes into its metadata)")
+    p.add_argument("--out", default=None, help="output folder (default: beside each input); with --face2diffusion "
+                                               "also a .safetensors file (default: beside MSID.pt)")
     p.add_argument("--token", default=None, help="trigger word to use (default: the file's own name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
@@ -143,6 +156,25 @@ def _add_train_classes(sub) -> None:
     p.add_argument("--classes", nargs="+", required=True, help="class labels or 0-based indices of the classifier")
 
 
+def _add_evaluate_faces(sub) -> None:
+    p = sub.add_parser("evaluate-faces", help="identity (face-recognition cosine to the input face), face detection "
+                                              "rate and CLIP text scores of a `generate` output folder")
+    p.add_argument("--images", required=True, metavar="FOLDER", help="a `personalize generate` output folder "
+                                                                     "(PNGs and results.jsonl)")
+    p.add_argument("--face", action="append", required=True, metavar="PHOTO",
+                   help="the input face photo: one for every image, or one per prompt (repeatable)")
+    p.add_argument("--face-detector", default=None, metavar="SPEC",
+                   help="an insightface pack folder or detection .onnx (default ~/.insightface/models/buffalo_l); "
+                        "'cascade' (coarse); 'none' (the images are aligned face crops)")
+    p.add_argument("--recognizer", action="append", default=[], metavar="PACK_OR_ONNX",
+                   help="an insightface pack folder or recognition .onnx (repeatable; default: the detector's pack, "
+                        "else ~/.insightface/models/buffalo_l)")
+    p.add_argument("--clip", default=None, metavar="MODEL", help="a CLIP model folder or hub id for the text score "
+                                                                 "(e.g. openai/clip-vit-large-patch14)")
+    p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    p.add_argument("--out", default=None, metavar="FILE", help="report (default FOLDER/face_scores.json)")
+
+
 def _add_app(sub) -> None:
     sub.add_parser("app", add_help=False, help="the Gradio app (options: personalize app --help)")
 
@@ -158,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quickstart(sub)
     _add_train(sub)
     _add_train_classes(sub)
+    _add_evaluate_faces(sub)
     _add_app(sub)
     return parser
 
@@ -171,6 +204,21 @@ def _no_loader_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _apply_preset(args) -> None:
+    """--preset METHOD: that method's official sampling settings (its registry record's `preset`) fill the
+    sampling flags left unset; --steps defaults to 30 either way."""
+    if args.preset:
+        from personalize.methods import REGISTRY
+
+        with_preset = [n for n, r in REGISTRY.items() if r.preset]
+        if args.preset not in with_preset:
+            raise PersonalizeError(f"--preset {args.preset!r}: expected one of {', '.join(with_preset)}")
+        for key, value in REGISTRY[args.preset].preset.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    args.steps = 30 if args.steps is None else args.steps
+
+
 def cmd_generate(args) -> int:
     from personalize.artifacts import load_artifact
     from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
@@ -181,6 +229,7 @@ def cmd_generate(args) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
     if any(not p.strip() for p in prompts):
         raise PersonalizeError("--prompt must not be empty")
+    _apply_preset(args)
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
@@ -207,8 +256,20 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    """Embeddings (`personalize.convert`), or the official Face2Diffusion weights (`--face2diffusion`)."""
     from personalize.convert import convert
+    from personalize.methods.face2diffusion.convert import BASE_MODEL, LICENCE, convert_official
 
+    if bool(args.files) == bool(args.face2diffusion):
+        raise PersonalizeError("give either embedding files or --face2diffusion MSID.pt MAPPING.pt (exactly one)")
+    if args.face2diffusion and args.token:
+        raise PersonalizeError("--token names an embedding's trigger; --face2diffusion writes an encoder (no trigger)")
+    if args.face2diffusion:
+        msid, mapping = args.face2diffusion
+        written = convert_official(msid, mapping, args.out, args.force)
+        print(f"{msid} + {mapping} -> {written}\nlicence: {LICENCE}\nuse: personalize generate --base {BASE_MODEL} "
+              f"--preset face2diffusion --face-encoder {written} --face PHOTO --prompt \"a photo of f l\" --out OUT")
+        return 0
     for path in args.files:
         written = convert(path, args.out, args.token, args.force)
         print(f"{path} -> {written}")
@@ -311,6 +372,21 @@ def cmd_train_classes(args) -> int:
     return 0
 
 
+def cmd_evaluate_faces(args) -> int:
+    """Scores of a generate folder against its input faces (personalize.eval.faces), written as JSON."""
+    import json
+
+    from personalize.atomic import atomic_write_text
+    from personalize.eval.faces import evaluate_folder, summary_lines
+
+    out = Path(args.out) if args.out else Path(args.images) / "face_scores.json"
+    report = evaluate_folder(args.images, args.face, args.face_detector, args.recognizer, args.clip,
+                             args.local_files_only)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    print("\n".join(summary_lines(report)) + f"\nWritten: {out}")
+    return 0
+
+
 def cmd_app(args) -> int:
     from personalize.app.main import main as app_main
 
@@ -329,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"generate": cmd_generate, "convert": cmd_convert, "export-lora": cmd_export_lora,
                 "erasure-card": cmd_erasure_card, "config": cmd_config,
                 "quickstart": cmd_quickstart, "train": cmd_train, "train-classes": cmd_train_classes,
-                "app": cmd_app}
+                "evaluate-faces": cmd_evaluate_faces, "app": cmd_app}
     try:
         return handlers[args.command](args)
     except PersonalizeError as err:

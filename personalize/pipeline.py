@@ -250,7 +250,7 @@ class Pipeline:
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  edits: Sequence[Edit] = (), suppress: str | list[str] | None = None, suppress_mode: str = "swr",
                  suppress_options: dict | None = None, face=None, face_encoder: str | None = None,
-                 person=None, **kwargs) -> list[GeneratedImage]:
+                 person=None, face_detector=None, **kwargs) -> list[GeneratedImage]:
         """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
 
         `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
@@ -261,8 +261,10 @@ class Pipeline:
         sets the `Suppression` fields (alpha, retain_fraction, ito_iters, ...).
         `face`: shorthand for the Face2Diffusion edit (Shiohara & Yamasaki, CVPR 2024; `methods/face2diffusion/`):
         a face photo (path or PIL image; or one per prompt) put where each prompt says "f l", encoded by
-        `face_encoder` (a face2diffusion file; on the toy world the shipped one by default); `person`: the same
-        from `<name>.f2d.safetensors` files, no encoder needed.
+        `face_encoder` (a face2diffusion file; on the toy world the shipped one by default), the face found and
+        aligned by `face_detector` (`personalize.face.resolve_detector`: an insightface pack folder or .onnx,
+        "cascade", "none" for an aligned crop; default: insightface's buffalo_l pack, "none" on the toy world);
+        `person`: the same from `<name>.f2d.safetensors` files, no encoder needed.
         Extra keyword arguments go to the diffusers pipeline call unchanged."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) for p in prompts):
@@ -279,7 +281,7 @@ class Pipeline:
             from personalize.methods import make_edit
 
             edits.append(make_edit("face2diffusion", {"face": face, "person": person, "base": self.base,
-                                                      "encoder": face_encoder or ""}))
+                                                      "encoder": face_encoder or "", "detector": face_detector or ""}))
         self.check_edits(prompts, edits)
         hint = self.prompt_hint(prompts, [w for e in edits for w in getattr(e, "known_words", ())])
         if hint:

@@ -43,6 +43,7 @@ class Entry:
     erases: str = ""  # an erasure artifact's concepts (its `concepts` metadata)
     steered: str = ""  # a class token's class (dct's `target_label` metadata)
     face: str = ""  # a Face2Diffusion file: "encoder" or "person" (chosen as the face, not applied as an artifact)
+    licence: str = ""  # weights under another licence than ours (the `licence` metadata of converted weights)
 
     @property
     def name(self) -> str:
@@ -55,6 +56,7 @@ class Entry:
         words += f" (class: {self.steered})" if self.steered else ""
         text = f"{self.rel or self.name} | {self.method} | {words} | base: {self.base_model}"
         text += f" | {self.modified}" if self.modified else ""
+        text += f" | licence: {self.licence}" if self.licence else ""
         return text if self.usable else f"{text} | unusable: {self.reason}"
 
 
@@ -70,7 +72,8 @@ def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
     entry = Entry(str(path), art.method, art.triggers, base, rel=rel, modified=stamp,
                   trained_on="" if art.triggers else trained_on(art), erases=art.metadata.get("concepts", ""),
                   steered=art.metadata.get("target_label", ""),
-                  face={"f2d_encoder": "encoder", "f2d_identity": "person"}.get(art.kind, ""))
+                  face={"f2d_encoder": "encoder", "f2d_identity": "person"}.get(art.kind, ""),
+                  licence=art.metadata.get("licence", ""))
     try:
         check_width(art, width)
     except ArtifactError as err:
@@ -100,10 +103,21 @@ def _inside(path: Path, folder: Path) -> bool:
 class Studio:
     """A pipeline plus the folders the app reads artifacts from and writes images to."""
 
-    def __init__(self, pipe, artifacts_dir: str | Path, outputs_dir: str | Path):
+    def __init__(self, pipe, artifacts_dir: str | Path, outputs_dir: str | Path, face_detector: str = ""):
         self.pipe = pipe
         self.artifacts_dir = Path(artifacts_dir)
         self.outputs_dir = Path(outputs_dir)
+        self.face_detector_spec = face_detector  # `personalize app --face-detector`; "" = the base's default
+        self._detector = None  # made on the first face photo, then kept
+
+    def face_detector(self):
+        """The detector that finds and aligns uploaded face photos (`personalize.face`), made once."""
+        if self._detector is None:
+            from personalize.face import resolve_detector
+
+            spec = self.face_detector_spec or ("none" if self.pipe.base == "toyworld" else "")
+            self._detector = resolve_detector(spec or None) or "none"
+        return self._detector
 
     def entries(self) -> list[Entry]:
         return scan_artifacts(self.artifacts_dir, self.pipe.width)
@@ -147,11 +161,13 @@ class Studio:
                                    "clear the photo")
         if face is None and not person:
             raise PersonalizeError(f"{face_file} is a face encoder: upload a face photo to go with it")
-        options = {"person": [art]} if person else {"face": [face], "encoder": art or ""}
+        options = {"person": [art]} if person else {"face": [face], "encoder": art or "",
+                                                     "detector": self.face_detector()}
         return [make_edit("face2diffusion", options | {"base": self.pipe.base})]
 
     def face_preview(self, face, face_file: str = ""):
-        """The crop the encoder reads from `face` (a PIL image of its input size), or the error that photo gives."""
+        """The crop the encoder reads from `face` (the photo's face, aligned, at the encoder's input size), or the
+        error that photo gives."""
         from PIL import Image
 
         return Image.fromarray(self.face_edits(face, face_file)[0].crops[0])
@@ -237,11 +253,13 @@ class Studio:
             shutil.copyfile(source, tmp)
         return describe(target, self.pipe.width)
 
-    def info(self, images: list) -> str:
-        """A short text for the UI: the seeds used (so a random one can be reused) and the settings."""
+    def info(self, images: list, edits: list = ()) -> str:
+        """A short text for the UI: the seeds used (so a random one can be reused) and the settings; the toy
+        world's note on unknown words counts the words the `edits` give a meaning (a face's "f l")."""
         if not images:
             return ""
         seeds = ", ".join(str(g.settings["seed"]) for g in images)
         settings = {k: v for k, v in images[0].settings.items() if k not in ("prompt", "seed")}
-        hint = self.pipe.prompt_hint(list(dict.fromkeys(g.settings["prompt"] for g in images)))
+        hint = self.pipe.prompt_hint(list(dict.fromkeys(g.settings["prompt"] for g in images)),
+                                     [w for e in edits for w in getattr(e, "known_words", ())])
         return (f"note: {hint}\n" if hint else "") + f"seeds: {seeds}\n{json.dumps(settings, sort_keys=True)}"

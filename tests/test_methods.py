@@ -139,7 +139,7 @@ def test_encoder_methods_move_no_model_weight_and_their_edit_leaves_it_as_it_was
     te0, unet0 = state(pipe.sd.text_encoder), state(pipe.sd.unet)
     plain = pipe.generate("a photo of f l", seed=0, steps=3)[0]
     face = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
-    edit = REGISTRY["face2diffusion"].edit({"encoder": str(f2d.artifact), "face": [face]})
+    edit = REGISTRY["face2diffusion"].edit({"encoder": str(f2d.artifact), "face": [face], "detector": "none"})
     edited = pipe.generate("a photo of f l", seed=0, steps=3, edits=[edit])[0]
     assert np.abs(pixels(edited) - pixels(plain)).mean() > 0.05 and "face" in edited.settings
     assert same_state(state(pipe.sd.text_encoder), te0) and same_state(state(pipe.sd.unet), unet0)

@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    from personalize.face import DETECTOR_HELP
+
+    p.add_argument("--face-detector", default="", metavar="SPEC",
+                   help="how uploaded face photos are found and aligned: " + DETECTOR_HELP)
     return p
 
 
@@ -41,7 +45,7 @@ def make_app(args):
     outputs = Path(args.outputs_dir)
     outputs.mkdir(parents=True, exist_ok=True)
     Path(args.artifacts_dir).mkdir(parents=True, exist_ok=True)
-    demo = ui.build(Studio(pipe, args.artifacts_dir, outputs))
+    demo = ui.build(Studio(pipe, args.artifacts_dir, outputs, args.face_detector))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     launch = {"server_name": args.host, "server_port": args.port, "share": args.share,
               "max_file_size": args.max_file_size, "allowed_paths": [str(outputs.resolve())]}

@@ -71,13 +71,13 @@ class Callbacks:
             if not compare:
                 images = self.studio.generate(prompt, negative_prompt, artifacts, seed, **settings)
                 return [(shown(im.image), f"seed {im.settings['seed']}") for im in images], \
-                    self.studio.info(images), images
+                    self.studio.info(images, settings["edits"]), images
             erased, without = self.studio.compare(prompt, negative_prompt, artifacts, seed, **settings)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
         shown_pairs = [(shown(im.image), f"seed {im.settings['seed']} · {label}")
                        for pair in zip(without, erased) for im, label in zip(pair, ("without erasure", "erased"))]
-        return shown_pairs, self.studio.info(erased), erased
+        return shown_pairs, self.studio.info(erased, settings["edits"]), erased
 
     def save(self, images):
         if not images:
@@ -122,9 +122,12 @@ def _prompt_column(studio) -> dict:
                               height=80)
     with gr.Accordion("Face (Face2Diffusion): put a person where the prompt says 'f l'", open=False):
         faces = [("the toy world's encoder" if studio.pipe.base == "toyworld" else "(choose an encoder)", "")]
-        faces += [(f"{e.rel} | {e.face}", e.rel) for e in studio.face_files()]
+        faces += [(f"{e.rel} | {e.face}" + (f" | licence: {e.licence}" if e.licence else ""), e.rel)
+                  for e in studio.face_files()]  # converted official weights: CC BY-NC-SA, non-commercial
         with gr.Row():
-            c["face"] = gr.Image(type="pil", label="Face photo (an aligned square crop)", elem_id="face",
+            label = "Face photo (an aligned square crop)" if studio.face_detector_spec == "none" or (
+                studio.pipe.base == "toyworld" and not studio.face_detector_spec) else "Face photo"
+            c["face"] = gr.Image(type="pil", label=label, elem_id="face",
                                  image_mode="RGB", sources=["upload", "clipboard"], height=160)
             c["face_crop"] = gr.Image(label="What the encoder reads", interactive=False, height=160,
                                       elem_id="face_crop")

@@ -49,7 +49,8 @@ REGISTRY: dict[str, MethodRecord] = {
     # Face2Diffusion: an encoder trained once (stage 1 MSID, stage 2 mapping network); a face is a generation edit
     "f2d_msid": MethodRecord("f2d_msid", msid_stage.Options, msid_stage.build, face2diffusion.apply_refused, "encoder"),
     "face2diffusion": MethodRecord("face2diffusion", mapping_stage.Options, mapping_stage.build,
-                                   face2diffusion.apply_refused, "encoder", edit=f2d_edit.edit),
+                                   face2diffusion.apply_refused, "encoder", edit=f2d_edit.edit,
+                                   preset=face2diffusion.INFERENCE_PRESET),
     # concept erasure: the UNet fine-tuned against a frozen copy; artifacts hold differences (`weights: diff`)
     "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure"),
     "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure"),

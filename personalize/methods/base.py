@@ -64,7 +64,9 @@ class MethodRecord:
     kind: personalization | regularizer (sits on a personalization base, `method.base`) | classifier (no images:
     a frozen classifier steers it, dct) | encoder (a network trained once on a dataset: Face2Diffusion) | erasure |
     inference.
-    edit: `edit(options) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`)."""
+    edit: `edit(options) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`).
+    preset: the official inference script's sampling settings (scheduler, steps, guidance_scale, height, width),
+    what `personalize generate --preset <name>` fills in where a flag does not say otherwise."""
 
     name: str
     options: type | None
@@ -72,6 +74,7 @@ class MethodRecord:
     apply: Callable | None
     kind: str
     edit: Callable | None = None
+    preset: dict | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

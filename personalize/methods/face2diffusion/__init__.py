@@ -7,10 +7,14 @@
     msid_stage.py     method f2d_msid: stage 1, the encoder pretrained with ArcFace
     mapping_stage.py  method face2diffusion: stage 2, the mapping network with CGDR and expression guidance
     encoder.py        the encoder file, strict loading
-    edit.py           inference: the generation edit and the per-person file
+    edit.py           inference: the generation edit (a real photo aligned first: personalize/face.py), person files
+    convert.py        the official weights (msid.pt, mapping.pt pickles, read weights-only) as one encoder file
 """
 
 from personalize.artifacts import ArtifactError
+
+# inference_f2d.py: StableDiffusionPipeline with EulerAncestralDiscreteScheduler, 30 steps, guidance 7, SD's 512 px
+INFERENCE_PRESET = {"scheduler": "euler_a", "steps": 30, "guidance_scale": 7.0, "height": 512, "width": 512}
 
 
 def apply_refused(sd_pipe, artifact):

@@ -25,13 +25,16 @@ import torch
 
 from personalize.artifacts import Artifact, ArtifactError, make_metadata
 from personalize.atomic import atomic_save_file
+from personalize.face import MAX_PIXELS
 from personalize.methods.base import MethodError
 from personalize.methods.face2diffusion import inject
 from personalize.methods.face2diffusion.encoder import INJECT_RULE, FaceEncoder, loaded
 
 PERSON_SUFFIX = ".f2d.safetensors"
 MODES = ("RGB", "RGBA", "L", "LA", "P")  # photo modes read as RGB (alpha dropped); others are refused
-MAX_PIXELS = 4096 * 4096
+NEEDS_ENCODER = ("a face photo needs the Face2Diffusion encoder (face_encoder / --face-encoder: a "
+                 "face2diffusion.safetensors, trained or converted with `personalize convert --face2diffusion`)")
+MIN_PHOTO = 16  # a photo to detect a face in: at least this many pixels a side
 
 
 class FaceError(MethodError):
@@ -47,24 +50,34 @@ class Face:
     name: str
 
 
-def read_photo(photo, face_size: int) -> tuple[np.ndarray, str]:
-    """A path or PIL image -> (uint8 (S, S, 3), name); clear errors for what is not an aligned face crop."""
+def read_photo(photo, face_size: int, detector=None) -> tuple[np.ndarray, str]:
+    """A path or PIL image -> (uint8 (S, S, 3), name). With a `detector` (`personalize.face`) any photo of a face:
+    its largest face aligned onto the template (inference_f2d.py's alignment step); without one the photo must
+    already be an aligned square crop. Clear errors for what cannot be read or holds no face."""
     from PIL import Image, UnidentifiedImageError
 
     name = Path(photo).name if isinstance(photo, (str, Path)) else "photo"
     try:
         im = Image.open(photo) if isinstance(photo, (str, Path)) else photo
+        w, h = im.size
+        if w * h > MAX_PIXELS:  # before decoding: a huge photo is refused without loading it
+            raise FaceError(f"face photo {name}: {w}x{h} is larger than {MAX_PIXELS:,} pixels")
         im.load()
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise FaceError(f"face photo {name}: not a readable image ({err})") from err
     if im.mode not in MODES:
         raise FaceError(f"face photo {name}: mode {im.mode!r} is not supported; expected one of {', '.join(MODES)}")
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise FaceError(f"face photo {name}: {w}x{h} is larger than {MAX_PIXELS:,} pixels")
-    if w != h or w < face_size // 2:
+    if detector is not None:
+        if min(w, h) < MIN_PHOTO:
+            raise FaceError(f"face photo {name}: {w}x{h} is too small to hold a face; expected at least "
+                            f"{MIN_PHOTO}x{MIN_PHOTO}")
+        from personalize.face import detect_and_align
+
+        im = Image.fromarray(detect_and_align(np.asarray(im.convert("RGB")), detector, face_size, name).crop)
+    elif w != h or w < face_size // 2:
         raise FaceError(f"face photo {name}: {w}x{h}; expected an aligned square face crop of at least "
-                        f"{face_size // 2}x{face_size // 2} (the encoder reads {face_size}x{face_size})")
+                        f"{face_size // 2}x{face_size // 2} (the encoder reads {face_size}x{face_size}), or a "
+                        "face detector to find and align the face")
     im = im.convert("RGB")
     if im.size != (face_size, face_size):
         im = im.resize((face_size, face_size), Image.BICUBIC)
@@ -72,10 +85,12 @@ def read_photo(photo, face_size: int) -> tuple[np.ndarray, str]:
     return np.asarray(im), f"{name}#{digest}"
 
 
-def encode_faces(encoder: FaceEncoder, photos: list, check=None, crops: list | None = None) -> list[Face]:
-    """Photos -> Faces in one encoder call; `check(arrays, names)` (uint8 (S, S, 3) each) may refuse one (the
-    toy face check); `crops` (a list) receives what the encoder read."""
-    arrays, names = zip(*(read_photo(p, encoder.face_size) for p in photos))
+def encode_faces(encoder: FaceEncoder, photos: list, check=None, crops: list | None = None,
+                 detector=None) -> list[Face]:
+    """Photos -> Faces in one encoder call (each photo aligned by `detector` first, if given);
+    `check(arrays, names)` (uint8 (S, S, 3) each) may refuse one (the toy face check); `crops` (a list) receives
+    what the encoder read."""
+    arrays, names = zip(*(read_photo(p, encoder.face_size, detector) for p in photos))
     if crops is not None:
         crops.extend(arrays)
     if check is not None:
@@ -112,13 +127,15 @@ class FaceEdit:
 
     known_words = tuple(inject.IDENTIFIER.split())
 
-    def __init__(self, encoder: FaceEncoder | None, photos: list = (), people: list[Face] = (), check=None):
+    def __init__(self, encoder: FaceEncoder | None, photos: list = (), people: list[Face] = (), check=None,
+                 detector=None):
         if not photos and not people:
             raise FaceError("the face edit needs a face photo or a person file")
         if photos and encoder is None:
-            raise FaceError("a face photo needs the Face2Diffusion encoder (face_encoder / method.encoder)")
+            raise FaceError(NEEDS_ENCODER)
         self.crops: list[np.ndarray] = []  # what the encoder read of each photo (the app's preview)
-        self.faces = list(people) + (encode_faces(encoder, list(photos), check, self.crops) if photos else [])
+        self.faces = list(people) + (encode_faces(encoder, list(photos), check, self.crops, detector)
+                                     if photos else [])
         self.by_prompt: dict[str, Face] = {}
 
     def check(self, sd, prompts: list[str]) -> None:
@@ -171,13 +188,17 @@ def _nothing() -> None:
 
 @dataclass
 class FaceOptions:
-    """`make_edit("face2diffusion", {...})`: an encoder file and photos, and/or person files. `base: toyworld`
-    makes the shipped toy encoder the default and checks each photo with the toy world's face detector."""
+    """`make_edit("face2diffusion", {...})`: an encoder file and photos, and/or person files. `detector`: how a
+    photo's face is found and aligned (`personalize.face.resolve_detector`: a model pack folder or .onnx,
+    "cascade", "none", or a detector already made); "" is "none" on the toy world, whose photos are aligned crops
+    (each checked with Judge A's face detector instead), and insightface's default pack elsewhere.
+    `base: toyworld` makes the shipped toy encoder the default."""
 
     encoder: str | Artifact = ""  # a file, or its loaded artifact (read once)
     face: list = field(default_factory=list)
     person: list = field(default_factory=list)
     base: str = ""
+    detector: object = ""
 
 
 def _listed(value) -> list:
@@ -186,10 +207,19 @@ def _listed(value) -> list:
     return [value] if isinstance(value, (str, Path, Artifact)) or hasattr(value, "size") else list(value)
 
 
+def _detector(spec, base: str):
+    """A detector object for the option's value (made once by the caller, e.g. the app, or here from its spec)."""
+    if spec and not isinstance(spec, (str, Path)):
+        return spec
+    from personalize.face import resolve_detector
+
+    return resolve_detector(str(spec) if spec else "none" if base == "toyworld" else None)
+
+
 def edit(options: dict | FaceOptions) -> FaceEdit:
     o = options if isinstance(options, FaceOptions) else FaceOptions(**options)
     photos, people = _listed(o.face), [load_person(p) for p in _listed(o.person)]
-    encoder, check = o.encoder, None
+    encoder = o.encoder
     if o.base == "toyworld":
         from personalize.resources import asset
 
@@ -198,8 +228,12 @@ def edit(options: dict | FaceOptions) -> FaceEdit:
             raise FaceError(f"no toy-world face encoder at {shipped}: train one with `python training/"
                             "toyworld_f2d.py` (both stages, about 30 min on 2 CPU cores) or pass --face-encoder FILE")
         encoder = encoder or str(shipped)
-        check = _toy_face_check
-    return FaceEdit(FaceEncoder.load(encoder) if photos and encoder else None, photos, people, check)
+    if photos and not encoder:
+        raise FaceError(NEEDS_ENCODER)
+    detector = _detector(o.detector, o.base) if photos else None
+    # the toy world's photos are aligned crops, checked by Judge A's face detector (it knows only toy faces)
+    check = _toy_face_check if o.base == "toyworld" and detector is None else None
+    return FaceEdit(FaceEncoder.load(encoder) if photos else None, photos, people, check, detector)
 
 
 def _toy_face_check(photos: list[np.ndarray], names: list[str]) -> None:
