@@ -1,4 +1,5 @@
-"""`personalize convert`: the one place a pickle is read, with `torch.load(weights_only=True)`.
+"""`personalize convert`: the one place a pickle is read, with `torch.load(weights_only=True)` (`load_weights_only`,
+also what converts the official Face2Diffusion weights: methods/face2diffusion/convert.py).
 
 Turns third-party `.pt`/`.bin` embeddings into our `<trigger>.safetensors`:
   - AUTOMATIC1111 `.pt`: {"string_to_param": {"*": (n, width)}, "name": trigger, ...}
@@ -17,11 +18,21 @@ from personalize.artifacts import save_embedding
 from personalize.errors import PersonalizeError
 
 
-def read_pickled_embedding(path: Path) -> tuple[str | None, torch.Tensor]:
+def load_weights_only(path: str | Path) -> object:
+    """`torch.load(weights_only=True)` on CPU: tensors, containers and numbers only. A pickle that names any other
+    global (a class, a function: code) is refused, as is a missing or corrupt file, with one error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PersonalizeError(f"file to convert not found: {path}")
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for bad files
-        raise PersonalizeError(f"{path} could not be read as a weights-only torch file: {err}") from err
+        raise PersonalizeError(f"{path} could not be read as a weights-only torch file (a pickle that holds "
+                               f"code is never loaded): {err}") from err
+
+
+def read_pickled_embedding(path: Path) -> tuple[str | None, torch.Tensor]:
+    data = load_weights_only(path)
     if isinstance(data, torch.Tensor):
         return None, data
     if not isinstance(data, dict):
@@ -41,8 +52,6 @@ def convert(path: str | Path, out_dir: str | Path | None = None, token: str | No
             force: bool = False) -> Path:
     """Convert one pickled embedding; returns the written `<trigger>.safetensors`."""
     path = Path(path)
-    if not path.is_file():
-        raise PersonalizeError(f"file to convert not found: {path}")
     name, vectors = read_pickled_embedding(path)
     trigger = token or re.sub(r"[^A-Za-z0-9._-]", "", name or "") or path.stem
     out = Path(out_dir) if out_dir else path.parent
