@@ -206,21 +206,27 @@ def folder(tmp_path):
                                              "f l at the beach"], shown)):
         _write(out / f"{k // 2:04d}-x-s{k % 2}.png", image)
         records.append({"file": f"{k // 2:04d}-x-s{k % 2}.png", "prompt": prompt, "seed": k % 2, "base": "tiny",
-                        "face": ["alice.png", "bob.png"]})
+                        "face": ["alice.png#0a1b2c3d4e5f", "bob.png#5f4e3d2c1b0a"]})  # as generate records them
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return out, a, b
 
 
-def test_evaluate_folder_matches_one_face_per_prompt(folder, pack):
+def test_evaluate_folder_matches_one_face_per_prompt(folder, pack, caplog):
+    import logging
+
     out, a, b = folder
-    report = evaluate_folder(out, [a, b], str(pack), [])
+    with caplog.at_level(logging.WARNING, logger="personalize.eval.faces"):
+        report = evaluate_folder(out, [a, b], str(pack), [])
+    assert "results.jsonl says" not in caplog.text  # the recorded faces are these files (names before '#')
     name = "arcface buffalo_fake/w600k_r50.onnx"  # the default recognizer: the detector's pack
     assert report["models"]["identity"] == [name]
     scores = [r["identity"][name] for r in report["per_image"]]
     alice, bob, other = (fake_embedding(pack, blocks(s)) for s in (11, 12, 13))
     assert scores == pytest.approx([1.0, cosine(alice, other), 1.0, cosine(bob, alice)], abs=1e-3)
     assert [r["reference"] for r in report["per_image"]] == [str(a), str(a), str(b), str(b)]
-    one_face = evaluate_folder(out, [a], str(pack), [str(pack / "w600k_r50.onnx")])
+    with caplog.at_level(logging.WARNING, logger="personalize.eval.faces"):
+        one_face = evaluate_folder(out, [a], str(pack), [str(pack / "w600k_r50.onnx")])
+    assert "results.jsonl says the images were made from" in caplog.text  # one face given, two recorded
     assert one_face["models"]["identity"] == ["arcface w600k_r50.onnx"]
     assert one_face["per_image"][3]["identity"]["arcface w600k_r50.onnx"] == pytest.approx(1.0, abs=1e-5)
 

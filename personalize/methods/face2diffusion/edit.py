@@ -241,4 +241,6 @@ def _toy_face_check(photos: list[np.ndarray], names: list[str]) -> None:
 
     for found, name in zip(faces_found(photos), names):
         if not found:
-            raise FaceError(f"face photo {name}: no face found in it (the toy world's face detector, Judge A)")
+            raise FaceError(f"face photo {name}: no face found in it (the toy world's face detector, Judge A, which "
+                            "reads aligned toy face crops; to align the face of a real photo first, pass "
+                            "--face-detector cascade or an insightface model pack)")
