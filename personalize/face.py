@@ -45,7 +45,11 @@ MAX_PIXELS = 4096 * 4096  # a face photo larger than this is refused before it i
 
 
 class FaceNotFound(PersonalizeError):
-    """A photo in which the detector finds no face, or a detector that cannot be loaded."""
+    """A photo in which the detector finds no face."""
+
+
+class FaceModelError(PersonalizeError):
+    """A face model (detector or recognizer) that is missing or cannot be loaded."""
 
 
 @dataclass
@@ -146,41 +150,52 @@ def pack_model(source: str | Path, role: str) -> Path:
     if path.is_file() and path.suffix == ".onnx":
         return path
     if not path.is_dir():
-        raise FaceNotFound(f"no insightface model pack at {path}: put a pack there (e.g. buffalo_l, unpacked into "
-                           f"~/.insightface/models/buffalo_l; its licence is for non-commercial research) or pass a "
-                           f"{role} .onnx file; without a pack use --face-detector cascade (coarse) or none (the "
-                           "photo is an aligned crop)")
+        other = ("; without a pack use --face-detector cascade (coarse) or none (the photo is an aligned crop)"
+                 if role == "detection" else "")
+        raise FaceModelError(f"no insightface model pack at {path}: put a pack there (e.g. buffalo_l, unpacked into "
+                             f"~/.insightface/models/buffalo_l; its licence is for non-commercial research) or pass "
+                             f"a {role} .onnx file{other}")
     found = [p for p in sorted(path.glob("*.onnx")) if onnx_role(p) == role]
     if not found:
-        raise FaceNotFound(f"{path}: no {role} model (.onnx) in this folder; expected an insightface model pack "
-                           "such as buffalo_l or antelopev2")
+        raise FaceModelError(f"{path}: no {role} model (.onnx) in this folder; expected an insightface model pack "
+                             "such as buffalo_l or antelopev2")
     return found[0]
 
 
+def insightface_model(path: Path, kind: str, example: str, **prepare):
+    """One .onnx through insightface's model zoo (which routes it by its inputs and outputs), prepared on CUDA when
+    onnxruntime offers it, else the CPU; a clear error unless insightface reads it as `kind` (SCRFD, ArcFaceONNX)."""
+    try:
+        import onnxruntime
+        from insightface.model_zoo import get_model
+    except ImportError as err:
+        raise FaceModelError(f"face models need insightface and onnxruntime ({err.name} is missing): "
+                             "pip install 'personalize[face]'") from err
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    try:
+        model = get_model(str(path), providers=["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"])
+        if model is not None:
+            model.prepare(ctx_id=0 if cuda else -1, **prepare)
+    except Exception as err:  # onnxruntime and insightface raise many kinds for a file that is not a model
+        raise FaceModelError(f"{path}: could not be loaded as an insightface model ({type(err).__name__}: "
+                             f"{err})") from err
+    if type(model).__name__ != kind:
+        raise FaceModelError(f"{path}: insightface reads it as {type(model).__name__}, not {kind}; expected a "
+                             f"model such as {example}")
+    return model
+
+
 class InsightFaceDetector:
-    """SCRFD through insightface's model zoo (the detector of buffalo_l / antelopev2), on the CPU unless a CUDA
-    onnxruntime is installed. Returns every face above `threshold`, with its five landmarks."""
+    """SCRFD through insightface's model zoo (the detector of buffalo_l / antelopev2). Returns every face above
+    `threshold`, with its five landmarks."""
 
     def __init__(self, source: str | Path = DEFAULT_PACK, det_size: int = 640, threshold: float = 0.5):
-        try:
-            import onnxruntime
-            from insightface.model_zoo import get_model
-        except ImportError as err:
-            raise FaceNotFound(f"the face detector needs insightface and onnxruntime ({err.name} is missing): "
-                               "pip install 'personalize[face]'") from err
         self.path = pack_model(source, "detection")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in onnxruntime.get_available_providers()]
-        try:
-            self.model = get_model(str(self.path), providers=providers)
-            self.model.prepare(ctx_id=0 if "CUDAExecutionProvider" in providers else -1,
-                               input_size=(det_size, det_size), det_thresh=threshold)
-        except Exception as err:  # onnxruntime and insightface raise many kinds for a file that is not a model
-            raise FaceNotFound(f"{self.path}: could not be loaded as an insightface model ({type(err).__name__}: "
-                               f"{err})") from err
-        if type(self.model).__name__ != "SCRFD" or not getattr(self.model, "use_kps", False):
-            raise FaceNotFound(f"{self.path}: not a face detector with landmarks (insightface reads it as "
-                               f"{type(self.model).__name__}); expected SCRFD, e.g. det_10g.onnx of buffalo_l")
+        self.model = insightface_model(self.path, "SCRFD", "det_10g.onnx of buffalo_l",
+                                       input_size=(det_size, det_size), det_thresh=threshold)
+        if not getattr(self.model, "use_kps", False):
+            raise FaceModelError(f"{self.path}: a face detector without landmarks; expected SCRFD with its five "
+                                 "points, e.g. det_10g.onnx of buffalo_l")
         self.name = f"insightface SCRFD ({self.path.name})"
 
     def __call__(self, image: np.ndarray) -> list[Detection]:
@@ -202,7 +217,7 @@ class CascadeDetector:
             import skimage
             from skimage.feature import Cascade
         except ImportError as err:
-            raise FaceNotFound("the cascade face detector needs scikit-image: pip install 'personalize[face]'") from err
+            raise FaceModelError("the cascade face detector needs scikit-image: pip install 'personalize[face]'") from err
         self.cascade = Cascade(str(Path(skimage.data.__file__).parent / "lbpcascade_frontalface_opencv.xml"))
 
     def __call__(self, image: np.ndarray) -> list[Detection]:

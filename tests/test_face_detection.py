@@ -95,12 +95,13 @@ def test_detector_errors_say_what_to_do(pack, tmp_path):
     empty = face.InsightFaceDetector(scrfd_onnx(tmp_path / "none.onnx", []))
     with pytest.raises(face.FaceNotFound, match="blank.png: no face found in it"):
         face.detect_and_align(np.zeros((64, 64, 3), np.uint8), empty, 112, "blank.png")
-    with pytest.raises(face.FaceNotFound, match="no insightface model pack at .*buffalo_l.*cascade"):
+    with pytest.raises(face.FaceModelError, match="no insightface model pack at .*buffalo_l.*cascade"):
         face.resolve_detector(str(tmp_path / "buffalo_l"))
-    with pytest.raises(face.FaceNotFound, match="not a face detector with landmarks"):
+    with pytest.raises(face.FaceModelError, match="reads it as ArcFaceONNX, not SCRFD; expected a model such as "
+                                                  "det_10g.onnx"):
         face.resolve_detector(str(pack / "w600k_r50.onnx"))
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
-    with pytest.raises(face.FaceNotFound, match="bad.onnx"):
+    with pytest.raises(face.FaceModelError, match="bad.onnx: could not be loaded"):
         face.resolve_detector(str(tmp_path / "bad.onnx"))
     assert face.resolve_detector("none") is None
 

@@ -258,7 +258,7 @@ def test_cli_bad_input_clear_error_no_report(folder, pack, tmp_path, capsys, cas
         "detector_pack": (["--face-detector", str(tmp_path / "nowhere")],
                           f"no insightface model pack at {tmp_path / 'nowhere'}"),
         "recognizer_pack": (["--recognizer", str(tmp_path)], "no recognition model (.onnx) in this folder"),
-        "recognizer_missing": (["--recognizer", str(tmp_path / "gone")], f"no face recognizer at {tmp_path / 'gone'}"),
+        "recognizer_missing": (["--recognizer", str(tmp_path / "gone")], f"no insightface model pack at {tmp_path / 'gone'}"),
         "clip": (["--clip", str(tmp_path / "no_clip"), "--local-files-only"], "not a CLIP model folder"),
     }[case]
     if case == "no_results":

@@ -59,31 +59,11 @@ class Recognizer:
     aligned crops (uint8 (112, 112, 3) RGB) -> L2-normalised embeddings (N, D)."""
 
     def __init__(self, source: str | Path):
-        from personalize.face import pack_model
+        from personalize.face import insightface_model, pack_model
 
-        try:
-            import onnxruntime
-            from insightface.model_zoo import get_model
-        except ImportError as err:
-            raise EvalError(f"the face recognizer needs insightface and onnxruntime ({err.name} is missing): "
-                            "pip install 'personalize[face]'") from err
         folder = Path(os.path.expanduser(str(source)))
-        if not folder.exists():
-            raise EvalError(f"no face recognizer at {folder}: pass an insightface model pack folder (e.g. buffalo_l, "
-                            "unpacked into ~/.insightface/models/buffalo_l; its licence is for non-commercial "
-                            "research) or its recognition .onnx")
         self.path = pack_model(folder, "recognition")
-        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        try:
-            providers = ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"]
-            self.model = get_model(str(self.path), providers=providers)
-            self.model.prepare(ctx_id=0 if cuda else -1)
-        except Exception as err:  # onnxruntime and insightface raise many kinds for a file that is not a model
-            raise EvalError(f"{self.path}: could not be loaded as an insightface model ({type(err).__name__}: "
-                            f"{err})") from err
-        if type(self.model).__name__ != "ArcFaceONNX":
-            raise EvalError(f"{self.path}: not a face recognizer (insightface reads it as {type(self.model).__name__});"
-                            " expected ArcFace, e.g. w600k_r50.onnx of buffalo_l")
+        self.model = insightface_model(self.path, "ArcFaceONNX", "w600k_r50.onnx of buffalo_l")
         self.name = f"arcface {folder.name}/{self.path.name}" if folder.is_dir() else f"arcface {self.path.name}"
 
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
