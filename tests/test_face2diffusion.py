@@ -189,6 +189,23 @@ def test_cgdr_by_hand():
     assert torch.equal(cgdr_target(eps, teacher, half), (eps + teacher) / 2)
 
 
+def test_cgdr_mask_dilation_by_hand():
+    import numpy as np
+
+    from personalize.methods.face2diffusion.data import face_mask
+
+    dot = np.zeros((8, 8), np.float32)
+    dot[3, 3] = 1.0  # one face pixel; latent cells are 2 x 2 pixels
+    plain = torch.zeros(4, 4)
+    plain[1, 1] = 0.25
+    assert torch.equal(face_mask(dot, (8, 8), 4)[0], plain)
+    # dilated by 1 pixel: rows and columns 2-4 are face; cell (1, 1) whole, (1, 2) and (2, 1) half, (2, 2) a quarter
+    widened = torch.zeros(4, 4)
+    widened[1, 1], widened[1, 2], widened[2, 1], widened[2, 2] = 1.0, 0.5, 0.5, 0.25
+    assert torch.equal(face_mask(dot, (8, 8), 4, dilation=1)[0], widened)
+    assert torch.equal(face_mask(None, (8, 8), 4, dilation=2), torch.ones(1, 4, 4))  # no mask: all face
+
+
 def test_cgdr_teacher_carries_no_gradient():
     pred = torch.randn(2, 4, 3, 3, requires_grad=True)
     teacher = torch.randn(2, 4, 3, 3, requires_grad=True)

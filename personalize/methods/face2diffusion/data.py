@@ -147,9 +147,19 @@ def face_batch(samples: list[dict], face_size: int) -> dict:
             "labels": torch.tensor([s["label"] for s in samples])}
 
 
-def collate(samples: list[dict], resolution: int, face_size: int, latent_size: int) -> dict:
-    """{"pixels" (B, 3, R, R), "faces" (B, 3, S, S), "mask" (B, 1, h, w) area-downsampled, "exp" (B, E) or None,
-    "labels" (B,)}."""
+def face_mask(mask: np.ndarray | None, shape: tuple[int, int], latent_size: int, dilation: int = 0) -> torch.Tensor:
+    """A photo's face mask (H, W) in [0, 1] (None: all face) -> (1, h, w): widened by `dilation` pixels (a square
+    max filter: a face parser's mask "dilated slightly", ours), then area-downsampled to the latent grid."""
+    m = torch.ones(shape) if mask is None else torch.from_numpy(mask).float()
+    m = m[None, None]  # (1, 1, H, W)
+    if dilation > 0:
+        m = F.max_pool2d(m, 2 * dilation + 1, stride=1, padding=dilation)
+    return F.adaptive_avg_pool2d(m, latent_size)[0]  # (1, h, w)
+
+
+def collate(samples: list[dict], resolution: int, face_size: int, latent_size: int, dilation: int = 0) -> dict:
+    """{"pixels" (B, 3, R, R), "faces" (B, 3, S, S), "mask" (B, 1, h, w) dilated by `dilation` pixels and
+    area-downsampled, "exp" (B, E) or None, "labels" (B,)}."""
     pixels = torch.stack([to_pixels(s["photo"], resolution, s["flip"]) for s in samples])
     if face_size == resolution and all(s["face"] is None for s in samples):
         faces = pixels  # the photo is the crop: converted once
@@ -157,8 +167,7 @@ def collate(samples: list[dict], resolution: int, face_size: int, latent_size: i
         faces = face_batch(samples, face_size)["faces"]
     masks = []
     for s in samples:
-        m = torch.ones(s["photo"].shape[:2]) if s["mask"] is None else torch.from_numpy(s["mask"])
-        m = F.adaptive_avg_pool2d(m[None, None].float(), latent_size)[0]  # (1, h, w)
+        m = face_mask(s["mask"], s["photo"].shape[:2], latent_size, dilation)
         masks.append(m.flip(-1) if s["flip"] else m)
     exp = None if samples[0]["exp"] is None else torch.stack([torch.as_tensor(s["exp"]) for s in samples])
     return {"pixels": pixels, "faces": faces, "mask": torch.stack(masks), "exp": exp,

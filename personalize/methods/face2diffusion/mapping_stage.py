@@ -36,6 +36,9 @@ class Options:
     prompt: str = "a photo of f l"  # "A photo of S*" (F2D Fig. 2)
     class_prompt: str = "a photo of a person"  # CGDR's class prompt (F2D Fig. 2)
     cgdr: bool = True
+    mask_dilation: int = 0  # CGDR's face mask widened by this many pixels before it is area-downsampled to the
+    # latent grid (ours, unverified: the paper's mask source is not published; a face parser's mask "dilated
+    # slightly" keeps the face's outline, which a partial latent cell otherwise sends toward the class prompt)
     expression_guidance: bool = True
     p_uncond: float = 0.5  # expression dropped to null_exp this often (unverified: not in the release)
     middle_dim: int = 1536  # IMG2TEXTwithEXP(1536, 1536, 768, n_layer=2, dropout=0.1, exp_dim=64)
@@ -54,6 +57,8 @@ class MappingTraining:
         if not o.msid:
             raise MethodError("method.msid is empty: give the stage-1 encoder file (personalize train --config "
                               "configs/f2d_msid.yaml writes f2d_msid.safetensors)")
+        if o.mask_dilation < 0:
+            raise MethodError(f"method.mask_dilation={o.mask_dilation}: expected a number of pixels >= 0")
         if o.id_noise < 0:
             raise MethodError(f"method.id_noise={o.id_noise}: expected a standard deviation >= 0")
         if not 0.0 <= o.p_uncond <= 1.0:
@@ -91,7 +96,8 @@ class MappingTraining:
     def dataloader(self, start: int, rank: int, world: int):
         t, face_size = self.config.train, self.msid.config.img_size
         return data.batches(self.source, t.seed, t.train_batch_size, start, rank, world,
-                            lambda samples: data.collate(samples, self.resolution, face_size, self.latent_size))
+                            lambda samples: data.collate(samples, self.resolution, face_size, self.latent_size,
+                                                         self.o.mask_dilation))
 
     def condition(self, faces: torch.Tensor, exp: torch.Tensor | None, keep: torch.Tensor | None,
                   gen: torch.Generator | None = None) -> torch.Tensor:
@@ -141,6 +147,7 @@ class MappingTraining:
     def artifact(self) -> ArtifactContent:
         enc = self.face_encoder()
         meta = enc.metadata() | {"msid_source": self.o.msid, "data": self.o.data, "cgdr": str(self.o.cgdr),
+                                 "mask_dilation": str(self.o.mask_dilation),
                                  "expression_guidance": str(self.o.expression_guidance)}
         return ArtifactContent(self.o.artifact_name, {}, enc.tensors(), "f2d_encoder", meta)
 
