@@ -256,9 +256,15 @@ def _merge_boxes(boxes: list[dict]) -> list[dict]:
     return kept
 
 
+def detector_spec(spec: str | None, base: str = "") -> str:
+    """The detector a face photo gets: `spec`, else "none" on the toy world (its photos are aligned toy crops) and
+    insightface's default pack on any other base."""
+    return (str(spec).strip() if spec else "") or ("none" if base == "toyworld" else DEFAULT_PACK)
+
+
 def resolve_detector(spec: str | None):
-    """A detector for `spec` (see DETECTOR_HELP), or None for "none" (photos are aligned crops)."""
-    spec = (spec or DEFAULT_PACK).strip()
+    """A detector for `spec` (see DETECTOR_HELP; empty: the default pack), or None for "none" (aligned crops)."""
+    spec = detector_spec(spec)
     if spec == "none":
         return None
     if spec == "cascade":

@@ -107,17 +107,20 @@ class Studio:
         self.pipe = pipe
         self.artifacts_dir = Path(artifacts_dir)
         self.outputs_dir = Path(outputs_dir)
-        self.face_detector_spec = face_detector  # `personalize app --face-detector`; "" = the base's default
-        self._detector = None  # made on the first face photo, then kept
+        from personalize.face import detector_spec
+
+        # `personalize app --face-detector`, or the base's default ("none" on the toy world, else the default pack)
+        self.face_detector_spec = detector_spec(face_detector, pipe.base)
+        self._detector = []  # the detector, made on the first face photo, then kept
 
     def face_detector(self):
-        """The detector that finds and aligns uploaded face photos (`personalize.face`), made once."""
-        if self._detector is None:
+        """The detector that finds and aligns uploaded face photos (`personalize.face`), made once; "none" when
+        photos are taken as aligned crops."""
+        if not self._detector:
             from personalize.face import resolve_detector
 
-            spec = self.face_detector_spec or ("none" if self.pipe.base == "toyworld" else "")
-            self._detector = resolve_detector(spec or None) or "none"
-        return self._detector
+            self._detector.append(resolve_detector(self.face_detector_spec) or "none")
+        return self._detector[0]
 
     def entries(self) -> list[Entry]:
         return scan_artifacts(self.artifacts_dir, self.pipe.width)

@@ -125,9 +125,9 @@ def _prompt_column(studio) -> dict:
         faces += [(f"{e.rel} | {e.face}" + (f" | licence: {e.licence}" if e.licence else ""), e.rel)
                   for e in studio.face_files()]  # converted official weights: CC BY-NC-SA, non-commercial
         with gr.Row():
-            label = "Face photo (an aligned square crop)" if studio.face_detector_spec == "none" or (
-                studio.pipe.base == "toyworld" and not studio.face_detector_spec) else "Face photo"
-            c["face"] = gr.Image(type="pil", label=label, elem_id="face",
+            aligned = studio.face_detector_spec == "none"  # photos taken as they are: aligned crops
+            c["face"] = gr.Image(type="pil", label="Face photo" + (" (an aligned square crop)" if aligned else ""),
+                                 elem_id="face",
                                  image_mode="RGB", sources=["upload", "clipboard"], height=160)
             c["face_crop"] = gr.Image(label="What the encoder reads", interactive=False, height=160,
                                       elem_id="face_crop")

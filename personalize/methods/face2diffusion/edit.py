@@ -211,9 +211,9 @@ def _detector(spec, base: str):
     """A detector object for the option's value (made once by the caller, e.g. the app, or here from its spec)."""
     if spec and not isinstance(spec, (str, Path)):
         return spec
-    from personalize.face import resolve_detector
+    from personalize.face import detector_spec, resolve_detector
 
-    return resolve_detector(str(spec) if spec else "none" if base == "toyworld" else None)
+    return resolve_detector(detector_spec(spec, base))
 
 
 def edit(options: dict | FaceOptions) -> FaceEdit:
