@@ -2,7 +2,7 @@
 
 The release ships two pickles, `msid.pt` (the MSID encoder, src/msid.py `msid_base_patch8_112`) and `mapping.pt`
 (`IMG2TEXTwithEXP(384*4, 384*4, 768)`, src/modules.py); inference_f2d.py loads each with
-`module.load_state_dict(torch.load(...))`, so they are bare state dicts of those modules. `convert_official` reads
+`load_state_dict` straight from the unpickled file, so they are bare state dicts of those modules. `convert_official` reads
 them weights-only (a pickle that holds code is refused), loads them strictly into our models at the official sizes
 (model.py: same key names and shapes) and writes `face2diffusion.safetensors` (encoder.py's format), with the
 source files' sha256 and the licence of the weights in its metadata.
