@@ -245,6 +245,7 @@ def evaluate_folder(folder: str | Path, faces: list[str | Path], detector_spec: 
     """`evaluate_faces` on a `personalize generate` output folder. Defaults: the detector of
     personalize.face.DEFAULT_PACK; the recognizer of the detector's pack folder (else of DEFAULT_PACK)."""
     from personalize.face import DEFAULT_PACK, resolve_detector
+    from personalize.face import detector_spec as default_spec
 
     folder = Path(folder)
     records = read_results(folder)
@@ -259,7 +260,7 @@ def evaluate_folder(folder: str | Path, faces: list[str | Path], detector_spec: 
                     [Path(f).name for f in faces])
     references = [_read_rgb(Path(f), "face photo") for f in faces]
     images = [_read_rgb(folder / r["file"], "image") for r in records]
-    spec = detector_spec or DEFAULT_PACK
+    spec = default_spec(detector_spec)  # the default pack unless another detector is named
     default = spec if Path(os.path.expanduser(spec)).is_dir() else DEFAULT_PACK
     detector = resolve_detector(spec)
     recognizers = [Recognizer(s) for s in (recognizer_specs or [default])] + list(extra_recognizers)
