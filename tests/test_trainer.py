@@ -187,6 +187,33 @@ def test_step_generator_depends_on_seed_step_and_rank():
     assert not torch.equal(draw(0, 5, 0), draw(1, 5, 0))
 
 
+def test_the_optimizer_is_torchs_fused_adamw_with_the_same_updates():
+    """make_optimizer picks the fused kernel on CPU float parameters; 20 steps match torch's reference loop
+    (foreach=False) within float32 rounding, weight decay included."""
+    from types import SimpleNamespace
+
+    from personalize.trainer import fused_ok, make_optimizer
+
+    train_cfg = SimpleNamespace(adam_weight_decay=1e-2, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+                                use_8bit_adam=False)
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.randn(50, 7, generator=gen).requires_grad_(), torch.randn(3, generator=gen).requires_grad_()]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    opt = make_optimizer(ours, train_cfg, 1e-2)
+    assert opt.param_groups[0]["fused"] is True
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        for p, q, g in zip(ours, ref, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    assert not fused_ok([torch.zeros(2, dtype=torch.int64), torch.zeros(2)])  # only floating tensors
+    assert not fused_ok([torch.zeros(2, device="meta")])  # neither CPU nor CUDA
+
+
 def test_refuses_two_processes_that_both_think_they_are_rank_zero(tmp_path, tiny_sd1, concept_dir, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # the launcher started 2, but this process sees a world of 1
     cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "lora")
