@@ -146,3 +146,44 @@ def test_a_regularizer_token_on_a_base_with_its_own_is_refused(tmp_path, tiny_sd
     with pytest.raises(MethodError, match="method.base.modifier_token=xyzzy"):
         train(cfg)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_phrases_batched_with_the_captions_give_the_official_separate_pass(tmp_path, tiny_sd1, concept_dir,
+                                                                           train_text_encoder):
+    """`eos` pooling: the SPL phrases, padded to 77, ride in the captions' text-encoder call. CLIP's causal mask
+    makes the EOS state independent of the padding after it, so the loss and its gradient equal those of the
+    official unpadded pass of its own, and the captions' conditioning is the one the base computes alone."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from personalize.components import load_components
+    from personalize.methods import REGISTRY, build_method
+
+    opts = CD | {"base": {"name": "dreambooth", "train_text_encoder": train_text_encoder}}
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path, "classdiffusion", opts)
+    try:
+        tuner = build_method(cfg, REGISTRY)
+        tuner.setup(load_components(str(tiny_sd1)), cfg, Accelerator(cpu=True))
+    finally:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    reg, te = tuner.regularizers[0], tuner.c.text_encoder
+    assert reg.text_ids is not None and reg.text_ids.shape == (2 if train_text_encoder else 1, 77)
+    params = [p for p in te.parameters() if p.requires_grad]
+    with torch.no_grad():
+        params[0].add_(0.5 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(0)))
+    captions = ["a photo of sks dog on the beach", "a photo of sks dog"]
+    cond, extra = tuner.encode_text_with_extra(captions)
+    batched = reg.losses(tuner, SimpleNamespace(extra_text=extra))["loss_spl"]
+    grads_batched = torch.autograd.grad(batched, params)
+    separate, _ = spl_loss(te, reg.ids_p, reg.ids_c, reg.eos_id, "eos")
+    grads_separate = torch.autograd.grad(separate, params)
+    assert float(separate) > 1e-3  # away from its minimum, so the gradients are not all zero
+    assert float(batched) == pytest.approx(float(separate), abs=1e-6)
+    for a, b in zip(grads_batched, grads_separate):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(cond, tuner.encode_text(captions), rtol=1e-5, atol=1e-6)
