@@ -109,52 +109,30 @@ def spl_loss(text_encoder, ids_personalized: torch.Tensor, ids_class: torch.Tens
 
 
 class SemanticPreservation:
-    """The SPL as a `Regularizer` of a personalization base (`Tuner`).
-
-    With `eos` pooling the phrases ride in the captions' text-encoder call (`text_ids`, padded to 77): CLIP's
-    text transformer is causal, so the hidden state at the EOS does not depend on the padding after it, and one
-    batched pass replaces a second one (tests/test_classdiffusion.py checks the two agree). `official` pooling
-    changes the embeddings of the new token's slot (a hook on the whole call), so it keeps its own pass; so does
-    a zero weight, which then leaves the base's step bit-identical."""
+    """The SPL as a `Regularizer` of a personalization base (`Tuner`)."""
 
     def __init__(self, options: Options):
         self.o = options
         self.f_class = None
-        self.text_ids = None  # (1 or 2, 77): batched with the captions (see the class docstring)
 
     def setup(self, tuner: Tuner) -> None:
         tok, o = tuner.c.tokenizer, self.o
         trigger = next(iter(tuner.rows.triggers))
-        phrases = [tuner.rows.expand(o.spl_template.format(token=trigger, cls=o.class_word)),
-                   o.spl_class_template.format(cls=o.class_word)]
-        self.ids_p, self.ids_c = (tok(p, truncation=True, return_tensors="pt").input_ids.to(tuner.device)
-                                  for p in phrases)  # (1, L): no padding, as the official code
+        phrases = [o.spl_template.format(token=trigger, cls=o.class_word), o.spl_class_template.format(cls=o.class_word)]
+        self.ids_p, self.ids_c = (tok(tuner.rows.expand(p), truncation=True, return_tensors="pt").input_ids
+                                  .to(tuner.device) for p in phrases)  # (1, L): no padding, as the official code
         self.eos_id, self.first_new = tok.eos_token_id, min(tuner.rows.ids)
         self.refresh_class = tuner.spec.train_text_encoder  # layers train: f(C) moves, recompute it every step
-        if o.spl_pooling == "eos" and o.lambda_spl != 0:
-            from personalize.methods.blocks import token_ids
-
-            self.text_ids = token_ids(tok, phrases if self.refresh_class else phrases[:1], tuner.device)
 
     def loss_weights(self) -> dict[str, float]:
         return {"loss_spl": self.o.lambda_spl}
 
     def losses(self, tuner: Tuner, ctx: StepContext) -> dict[str, torch.Tensor]:
         te = tuner.c.text_encoder  # the unwrapped module: the gradient reaches the token rows all the same
-        if self.text_ids is None:
-            cached = None if self.refresh_class else self.f_class
-            value, self.f_class = spl_loss(te, self.ids_p, self.ids_c, self.eos_id, self.o.spl_pooling,
-                                           self.first_new, cached)
-            return {"loss_spl": value}
-        hidden = ctx.extra_text[self]  # (1 or 2, 77, width)
-        index = pool_index(self.text_ids, self.eos_id, "eos").to(hidden.device)
-        f = hidden[torch.arange(len(index), device=hidden.device), index]  # (1 or 2, width)
-        if self.refresh_class:
-            self.f_class = f[1:].detach()
-        elif self.f_class is None:
-            with torch.no_grad():
-                self.f_class = pooled_features(te, self.ids_c, self.eos_id, "eos")
-        return {"loss_spl": spl(f[:1], self.f_class)}
+        cached = None if self.refresh_class else self.f_class
+        value, self.f_class = spl_loss(te, self.ids_p, self.ids_c, self.eos_id, self.o.spl_pooling,
+                                       self.first_new, cached)
+        return {"loss_spl": value}
 
 
 def build(options: Options, config) -> Tuner:

@@ -57,13 +57,10 @@ class StepContext:
     target: torch.Tensor
     is_prior: torch.Tensor  # (B,) bool
     generator: torch.Generator
-    extra_text: dict = field(default_factory=dict)  # regularizer -> (M, 77, width): its `text_ids`' hidden states
 
 
 class Regularizer(Protocol):
-    """An extra loss on top of a base (ClassDiffusion's SPL, SuDe): set up after the base, called each step.
-    Optional: `text_ids`, (M, 77) token ids (or None) the step encodes in the same text-encoder call as the
-    captions, one batch instead of two passes; their hidden states reach `losses` as `ctx.extra_text[self]`."""
+    """An extra loss on top of a base (ClassDiffusion's SPL, SuDe): set up after the base, called each step."""
 
     def setup(self, tuner: "Tuner") -> None: ...
     def losses(self, tuner: "Tuner", ctx: StepContext) -> dict[str, torch.Tensor]: ...  # "loss_*" + stats
@@ -182,31 +179,16 @@ class Tuner:
         """(B, 77, width) hidden states; cached per caption when the text encoder is frozen and asked to."""
         cache = self.text_cache if self.config.train.cache_text_encoder_outputs and not self.text_encoder_trains \
             else None
-        return blocks.encode_prompts(self.c.tokenizer, self.text_encoder, captions, self.device, cache, self._expand)
-
-    def _expand(self, caption: str) -> str:
-        return self.rows.expand(self.format_prompt(caption)) if self.rows else caption
-
-    def encode_text_with_extra(self, captions: list[str]) -> tuple[torch.Tensor, dict]:
-        """The captions' hidden states and the regularizers' `text_ids` ones, from one text-encoder call when the
-        captions are not cached (with a cache, the extra ids run alone)."""
-        extra = [(reg, ids) for reg in self.regularizers if (ids := getattr(reg, "text_ids", None)) is not None]
-        cached = self.config.train.cache_text_encoder_outputs and not self.text_encoder_trains
-        if not extra or cached:
-            cond = self.encode_text(captions)
-            hidden = self.text_encoder(torch.cat([ids for _, ids in extra]))[0] if extra else None
-            return cond, _split_extra(hidden, extra)
-        caption_ids = blocks.token_ids(self.c.tokenizer, [self._expand(c) for c in captions], self.device)
-        hidden = self.text_encoder(torch.cat([caption_ids, *(ids for _, ids in extra)]))[0]  # (B + M, 77, width)
-        return hidden[: len(captions)], _split_extra(hidden[len(captions):], extra)
+        expand = (lambda cap: self.rows.expand(self.format_prompt(cap))) if self.rows else None
+        return blocks.encode_prompts(self.c.tokenizer, self.text_encoder, captions, self.device, cache, expand)
 
     def forward(self, batch: dict, gen: torch.Generator) -> StepContext:
         latents = self.encode_latents(batch["pixel_values"], batch["cache_keys"], gen)
         n = blocks.noise_and_target(self.c.scheduler, latents, gen, self.config.train.offset_noise)
-        cond, extra_text = self.encode_text_with_extra(batch["captions"])
+        cond = self.encode_text(batch["captions"])
         pred = blocks.predict(self.unet, n.noisy, n.timesteps, cond, self.accelerator)
         return StepContext(latents, n.noise, n.timesteps, n.noisy, cond, pred, n.target,
-                           batch["is_prior"].to(self.device), gen, extra_text)
+                           batch["is_prior"].to(self.device), gen)
 
     def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
         ctx = self.forward(batch, gen)
@@ -262,14 +244,6 @@ class Tuner:
     def validation_images(self, pipe, prompt: str, seeds: list[int], steps: int) -> list:
         """Through the inference path (`Pipeline.generate`) on the live modules, `{}` filled with the trigger."""
         return [g.image for g in pipe.generate(self.format_prompt(prompt), seed=seeds, steps=steps)]
-
-
-def _split_extra(hidden: torch.Tensor | None, extra: list[tuple[object, torch.Tensor]]) -> dict:
-    """(M, 77, width) hidden states of the concatenated extra ids -> {regularizer: its rows}."""
-    out, k = {}, 0
-    for reg, ids in extra:
-        out[reg], k = hidden[k: k + len(ids)], k + len(ids)
-    return out
 
 
 def merge_batches(parts: tuple[dict, ...]) -> dict:
