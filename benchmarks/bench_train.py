@@ -2,8 +2,8 @@
 
     python benchmarks/bench_train.py [--steps 20] [--device cpu|cuda] [--write] [--dct: only the dct arms]
 
-Each base runs in its own subprocess (peak RSS is per process): after a warm-up run, a short run (2 steps)
-and a long one (2 + N steps) are timed, and (long - short) / N is the time of one step without loading and setup. Peak memory is
+Each base runs in its own subprocess (peak RSS is per process): after a warm-up run, a short run (2 steps, or
+an arm's `_short`) and a long one (short + N steps) are timed, and (long - short) / N is the time of one step without loading and setup. Peak memory is
 the process's max RSS on CPU, `torch.cuda.max_memory_allocated` on a GPU. Ratios are to textual inversion.
 `--write` replaces this benchmark's section of benchmarks/BENCHMARKS.md.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,13 @@ ERASURE = [
     ("esd, x_t sampling excluded", {"name": "esd", "concepts": DOG, "ddim_steps": 1}),
     ("abo, x_t from 50 DDIM steps", {"name": "abo", "concepts": DOG, "ddim_steps": 50}),
     ("abo, x_t sampling excluded", {"name": "abo", "concepts": DOG, "ddim_steps": 1}),
+    # `xt_cache`: x_t from 16 teacher trajectories per concept, each sampled once when first drawn; timed after a
+    # short run of 120 steps, by which all 16 are drawn (batch 1: about 54 draws on average), so it is the cost of
+    # a step in the rest of a run (the toy recipes' 300-1000 steps)
+    ("esd, x_t from 16 cached trajectories (after they are drawn)",
+     {"name": "esd", "concepts": DOG, "ddim_steps": 50, "xt_sampler": "teacher", "xt_cache": 16, "_short": 120}),
+    ("abo, x_t from 16 cached trajectories (after they are drawn)",
+     {"name": "abo", "concepts": DOG, "ddim_steps": 50, "xt_sampler": "teacher", "xt_cache": 16, "_short": 120}),
 ]
 
 # dct: one optimizer step = 5 generated images (run.py's accumulation), steered by the toy judge, with and without
@@ -63,7 +71,7 @@ def one(method: dict, model: Path, data: Path, steps: int, device: str) -> dict:
     from personalize.trainer import train
 
     method = dict(method)
-    extra = method.pop("_train", {})
+    extra, first = method.pop("_train", {}), method.pop("_short", 2)  # first: the short run's steps
 
     def run(n: int, out: Path) -> float:
         cfg = load_config([], {
@@ -83,8 +91,8 @@ def one(method: dict, model: Path, data: Path, steps: int, device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         run(2, Path(tmp) / "warmup")  # first-call costs (imports, allocator) out of the measurement
-        short = run(2, Path(tmp) / "short")
-        long = run(2 + steps, Path(tmp) / "long")
+        short = run(first, Path(tmp) / "short")
+        long = run(first + steps, Path(tmp) / "long")
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"method": method["name"], "sec_per_step": (long - short) / steps, "peak_mb": peak / 2**20,
@@ -175,12 +183,32 @@ def write_section(text: str, mark: str = MARK) -> None:
     path.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
+def measure(arms: list[tuple[str, dict]], args, model: Path, data: Path) -> dict[str, dict]:
+    """Every arm in its own process, `args.rounds` times in rotating order; per arm the median s/step and peak
+    (and `rounds`: every round's s/step, for ratios per round)."""
+    runs: dict[str, list[dict]] = {label: [] for label, _ in arms}
+    for r in range(args.rounds):
+        for label, section in arms[r % len(arms):] + arms[: r % len(arms)]:
+            proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
+                                   "--one", json.dumps(section), str(model), str(data)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(proc.stderr[-2000:])
+            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {label: got[0] | {"sec_per_step": statistics.median(g["sec_per_step"] for g in got),
+                             "peak_mb": statistics.median(g["peak_mb"] for g in got),
+                             "rounds": [g["sec_per_step"] for g in got]}
+            for label, got in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--dct", action="store_true", help="only the dct arms (their own section)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every arm R times, interleaved; medians")
+    parser.add_argument("--only", nargs="*", help="only the arms whose label contains one of these (no --write)")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "MODEL", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -194,16 +222,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_model(Path(tmp) / "model", ROOT / "tests" / "fixtures" / "clip_tokenizer", "sd1")
         data = write_concept_images(Path(tmp) / "data")
-        rows = {}
         arms = [(m, {"name": m}) for m in bases()] + [(label, section) for label, section, _ in REGULARIZERS]
         arms = DCT if args.dct else arms + ERASURE + DCT
-        for label, section in arms:
-            proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
-                                   "--one", json.dumps(section), str(model), str(data)],
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(proc.stderr[-2000:])
-            rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.only:
+            arms = [(label, section) for label, section in arms if any(o in label for o in args.only)]
+            args.write = False
+        rows = measure(arms, args, model, data)
+        if args.only:
+            return print(json.dumps(rows, indent=1))
         if args.dct:
             text = DCT_MARK + "\n" + dct_table(rows, args.steps, args.device)
             print(text)
