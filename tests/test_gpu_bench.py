@@ -74,6 +74,11 @@ def test_report_helpers(tmp_path):
     table = report.ratio_table(rows)
     assert table[2:] == ["| dreambooth fp16 | 1.200 | 1.250 | 0.800 |"]
 
+    methods = [_row("ours", "custom_diffusion", 0.20, 500.0, 1.0), _row("ours", "classdiffusion", 0.21, 510.0, 1.0),
+               _row("ours", "sude", 0.39, 1000.0, 1.0)]  # sude / the dreambooth fp16 row above: 0.39 / 0.30
+    assert report.method_table(rows + methods)[2:] == ["| classdiffusion / custom_diffusion fp16 | 1.050 | 1.020 |",
+                                                       "| sude / dreambooth fp16 | 1.300 | 1.000 |"]
+
     generate = {"arm": "generate vs plain pipeline", "kind": "generate", "impl": "ours", "ratio": 1.01,
                 "generate_s": 0.505, "plain_s": 0.5, "rounds": 5}
     report.write_results(tmp_path, {"device": "test"}, [*rows, generate])

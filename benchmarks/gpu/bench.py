@@ -35,13 +35,22 @@ OURS_FLAGS = {"gradient_checkpointing": None,  # always set, true or false
 DIFFUSERS_FLAGS = {"gradient_checkpointing": "--gradient_checkpointing",
                    "xformers": "--enable_xformers_memory_efficient_attention", "8bit_adam": "--use_8bit_adam"}
 NEEDS_MODULE = {"xformers": "xformers", "8bit_adam": "bitsandbytes", "zero2": "deepspeed"}
+# every arm of ours runs configs/<base>.yaml at batch 1; these make a regularizer's step comparable with its
+# base's (custom_diffusion for classdiffusion, configs/dreambooth.yaml's frozen text encoder and caches for sude,
+# no class images to generate first)
+OURS_OVERRIDES = {
+    "custom_diffusion": ["--train.scale_lr=false", "--data.instance_prompt=a photo of a {} dog"],
+    "classdiffusion": ["--train.scale_lr=false"],
+    "sude": ["--train.with_prior_preservation=false", "--method.base.train_text_encoder=false",
+             "--train.cache_latents=true", "--train.cache_text_encoder_outputs=true"],
+}
 
 
 @dataclass(frozen=True)
 class Arm:
     """One training configuration: base method, implementation, mixed precision, memory options."""
 
-    base: str  # dreambooth | lora
+    base: str  # dreambooth | lora (both implementations); custom_diffusion | classdiffusion | sude (ours only)
     impl: str  # ours | diffusers
     precision: str  # fp16 | bf16 | no
     options: tuple[str, ...] = ()  # gradient_checkpointing, xformers, 8bit_adam, zero2
@@ -93,7 +102,10 @@ def plan(cuda: bool, tiny: bool) -> tuple[list[Arm], list[Arm]]:
         return ([a for b in bases for a in pair(b, "no")],
                 [a for b in bases for a in pair(b, "no", "gradient_checkpointing")])
     singles = [("bf16", ()), ("fp16", ("xformers",)), ("fp16", ("8bit_adam",)), ("fp16", ("zero2",))]
-    rest = [a for b in bases for a in pair(b, "fp16", "gradient_checkpointing")]
+    # the regularizers against their bases (goals: ClassDiffusion <= 1.05x, SuDe <= 1.4x; sude's base is the
+    # dreambooth fp16 arm above)
+    rest = [Arm(m, "ours", "fp16") for m in ("custom_diffusion", "classdiffusion", "sude")]
+    rest += [a for b in bases for a in pair(b, "fp16", "gradient_checkpointing")]
     rest += [Arm(b, "ours", p, o) for p, o in singles for b in bases]
     return [a for b in bases for a in pair(b, "fp16")], rest
 
@@ -143,7 +155,8 @@ def ours_command(arm: Arm, setup: Setup, steps: int, out_dir: Path) -> list[str]
             f"--train.output_dir={out_dir}", f"--train.max_train_steps={steps}",
             "--train.checkpointing_steps=1000000", "--train.validation_prompt=null", "--train.report_to=tensorboard",
             f"--train.mixed_precision={arm.precision}",
-            f"--train.gradient_checkpointing={str('gradient_checkpointing' in arm.options).lower()}"]
+            f"--train.gradient_checkpointing={str('gradient_checkpointing' in arm.options).lower()}",
+            "--train.train_batch_size=1", *OURS_OVERRIDES.get(arm.base, [])]
     args += [OURS_FLAGS[o] for o in arm.options if OURS_FLAGS[o]]
     launcher = [sys.executable]
     if "zero2" in arm.options:

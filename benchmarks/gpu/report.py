@@ -80,6 +80,26 @@ def ratio_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+METHOD_BASES = {"classdiffusion": "custom_diffusion", "sude": "dreambooth"}  # regularizer -> its base's arm
+
+
+def method_table(rows: list[dict]) -> list[str]:
+    """Markdown table of each regularizer's step against its base's (ours, same precision and options)."""
+    def key(row):
+        return row["base"], row["precision"], tuple(row["options"])
+
+    done = {key(r): r for r in rows if r.get("kind", "train") == "train" and r["impl"] == "ours"
+            and r.get("sec_per_step") is not None}
+    lines = ["| method on its base | s/step x base | peak CUDA x base |", "|---|---|---|"]
+    for (base, precision, options), row in done.items():
+        ref = done.get((METHOD_BASES.get(base), precision, options))
+        if ref is not None:
+            name = f"{base} / {ref['base']} " + "+".join([precision, *options])
+            lines.append(f"| {name} | {_cell(ratio(row['sec_per_step'], ref['sec_per_step']))} | "
+                         f"{_cell(ratio(row.get('peak_cuda_mb'), ref.get('peak_cuda_mb')))} |")
+    return lines
+
+
 def generate_lines(rows: list[dict]) -> list[str]:
     """One line per generate-vs-plain row."""
     lines = []
@@ -103,6 +123,7 @@ def markdown(header: dict, rows: list[dict]) -> str:
         parts += [f"Optional packages: {probes}", ""]
     parts += ["## Training arms (s/step = (long - short) / extra steps)", "", *arm_table(rows), ""]
     parts += ["## Ours / diffusers", "", *ratio_table(rows), ""]
+    parts += ["## Regularizers / their bases (ours)", "", *method_table(rows), ""]
     parts += ["## Generate vs plain pipeline", "", *(generate_lines(rows) or ["- not run"]), ""]
     return "\n".join(parts)
 
