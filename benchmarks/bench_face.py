@@ -3,6 +3,7 @@ inference (one encoder pass) against a one-shot DreamBooth run on the same photo
 1 photo, 200 steps). Side by side in one process; write into BENCHMARKS.md with --write.
 
     python benchmarks/bench_face.py [--steps 10] [--write]
+    python benchmarks/bench_face.py --cgdr [--rounds 3]   # stage 2 with CGDR against the same step without it
 """
 
 from __future__ import annotations
@@ -69,14 +70,35 @@ def new_person_seconds(encoder: Path, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def cgdr_overhead(steps: int, rounds: int) -> str:
+    """Stage 2 with CGDR (the recipe) against `cgdr: false`, the plain denoising step of the same mapping (no
+    teacher UNet pass), on the shipped stage 1; interleaved rounds, the median of the per-round ratios."""
+    import statistics
+
+    ratios, rows = [], []
+    with tempfile.TemporaryDirectory() as t:
+        for r in range(rounds):
+            arms = [("cgdr", True), ("plain", False)][:: 1 if r % 2 == 0 else -1]
+            got = {name: per_step("face2diffusion.yaml", Path(t) / f"{name}{r}", steps, {"method": {"cgdr": on}})
+                   for name, on in arms}
+            ratios.append(got["cgdr"] / got["plain"])
+            rows.append(f"| {r} | {got['cgdr']:.3f} | {got['plain']:.3f} | {ratios[-1]:.2f} |")
+    return "\n".join(["| round | with CGDR (s/step) | without (s/step) | ratio |", "|---|---|---|---|", *rows,
+                      f"\nmedian ratio {statistics.median(ratios):.2f} over {rounds} rounds"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--cgdr", action="store_true", help="only stage 2 with and without CGDR")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     from personalize.cpu import TOY_THREADS, configure_threads
 
     configure_threads(TOY_THREADS)
+    if args.cgdr:
+        return print(cgdr_overhead(args.steps, args.rounds))
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         s1 = per_step("f2d_msid.yaml", tmp / "s1", args.steps, {})
