@@ -146,3 +146,53 @@ def test_a_regularizer_token_on_a_base_with_its_own_is_refused(tmp_path, tiny_sd
     with pytest.raises(MethodError, match="method.base.modifier_token=xyzzy"):
         train(cfg)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_a_caption_that_is_the_phrase_gives_the_spl_without_a_pass_of_its_own(tmp_path, tiny_sd1, concept_dir,
+                                                                              train_text_encoder):
+    """A caption equal to the personalized phrase: f(P) is read from its conditioning at the phrase's EOS (CLIP
+    is causal, the padding after the EOS changes nothing). Same loss and gradient as the official unpadded pass of
+    its own, and no text-encoder call for P; a batch without that caption takes the separate pass."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from personalize.components import load_components
+    from personalize.methods import REGISTRY, build_method
+
+    opts = CD | {"base": {"name": "dreambooth", "train_text_encoder": train_text_encoder}}
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path, "classdiffusion", opts)
+    try:
+        tuner = build_method(cfg, REGISTRY)
+        tuner.setup(load_components(str(tiny_sd1)), cfg, Accelerator(cpu=True))
+    finally:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    reg, te = tuner.regularizers[0], tuner.c.text_encoder
+    assert reg.phrase == "a photo of a sks dog"
+    params = [p for p in te.parameters() if p.requires_grad]
+    with torch.no_grad():  # move away from "dog" so the loss and its gradients are not zero
+        params[0].add_(0.5 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(0)))
+    separate, _ = spl_loss(te, reg.ids_p, reg.ids_c, reg.eos_id, "eos")
+    grads_separate = torch.autograd.grad(separate, params)
+    assert float(separate) > 1e-3
+
+    calls = []
+    handle = te.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        captions = ["a photo of sks dog", reg.phrase]
+        cond = tuner.encode_text(captions)  # the base's own call (1)
+        reg.losses(tuner, SimpleNamespace(cond=cond, captions=captions))  # f(C) computed once on a frozen encoder
+        calls.clear()
+        shared = reg.losses(tuner, SimpleNamespace(cond=cond, captions=captions))["loss_spl"]
+        assert len(calls) == (1 if train_text_encoder else 0)  # f(C) again only while the layers train
+        alone = tuner.encode_text(captions[:1])
+        fallback = reg.losses(tuner, SimpleNamespace(cond=alone, captions=captions[:1]))["loss_spl"]
+    finally:
+        handle.remove()
+    assert float(shared) == pytest.approx(float(separate), abs=1e-6)
+    assert float(fallback) == pytest.approx(float(separate), abs=1e-6)
+    for a, b in zip(torch.autograd.grad(shared, params), grads_separate):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -109,7 +109,12 @@ def spl_loss(text_encoder, ids_personalized: torch.Tensor, ids_class: torch.Tens
 
 
 class SemanticPreservation:
-    """The SPL as a `Regularizer` of a personalization base (`Tuner`)."""
+    """The SPL as a `Regularizer` of a personalization base (`Tuner`).
+
+    When a caption of the batch is the personalized phrase itself (the recipe's instance prompt "a photo of a
+    {} dog" with the template "a photo of a {token} {cls}"), f(P) is read from that caption's conditioning at the
+    phrase's EOS: CLIP's text transformer is causal, so the padding after the EOS changes nothing there, and the
+    SPL needs no text-encoder pass of its own (`eos` pooling only; `official` changes the new token's slot)."""
 
     def __init__(self, options: Options):
         self.o = options
@@ -118,7 +123,8 @@ class SemanticPreservation:
     def setup(self, tuner: Tuner) -> None:
         tok, o = tuner.c.tokenizer, self.o
         trigger = next(iter(tuner.rows.triggers))
-        phrases = [o.spl_template.format(token=trigger, cls=o.class_word), o.spl_class_template.format(cls=o.class_word)]
+        self.phrase = o.spl_template.format(token=trigger, cls=o.class_word)
+        phrases = [self.phrase, o.spl_class_template.format(cls=o.class_word)]
         self.ids_p, self.ids_c = (tok(tuner.rows.expand(p), truncation=True, return_tensors="pt").input_ids
                                   .to(tuner.device) for p in phrases)  # (1, L): no padding, as the official code
         self.eos_id, self.first_new = tok.eos_token_id, min(tuner.rows.ids)
@@ -127,12 +133,25 @@ class SemanticPreservation:
     def loss_weights(self) -> dict[str, float]:
         return {"loss_spl": self.o.lambda_spl}
 
+    def caption_index(self, ctx: StepContext) -> int | None:
+        """The batch index of a caption that is the personalized phrase (see the class docstring), or None."""
+        if self.o.spl_pooling != "eos" or not ctx.cond.requires_grad:
+            return None
+        return next((i for i, caption in enumerate(ctx.captions) if caption == self.phrase), None)
+
     def losses(self, tuner: Tuner, ctx: StepContext) -> dict[str, torch.Tensor]:
         te = tuner.c.text_encoder  # the unwrapped module: the gradient reaches the token rows all the same
         cached = None if self.refresh_class else self.f_class
-        value, self.f_class = spl_loss(te, self.ids_p, self.ids_c, self.eos_id, self.o.spl_pooling,
-                                       self.first_new, cached)
-        return {"loss_spl": value}
+        i = self.caption_index(ctx)
+        if i is None:
+            value, self.f_class = spl_loss(te, self.ids_p, self.ids_c, self.eos_id, self.o.spl_pooling,
+                                           self.first_new, cached)
+            return {"loss_spl": value}
+        if cached is None:
+            with torch.no_grad():
+                self.f_class = pooled_features(te, self.ids_c, self.eos_id, "eos")
+        eos = int(pool_index(self.ids_p, self.eos_id, "eos")[0])
+        return {"loss_spl": spl(ctx.cond[i: i + 1, eos], self.f_class)}  # (1, width) against (1, width)
 
 
 def build(options: Options, config) -> Tuner:

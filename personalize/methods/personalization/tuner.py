@@ -57,6 +57,7 @@ class StepContext:
     target: torch.Tensor
     is_prior: torch.Tensor  # (B,) bool
     generator: torch.Generator
+    captions: list[str] = field(default_factory=list)  # the batch's captions, `{}` filled with the trigger
 
 
 class Regularizer(Protocol):
@@ -188,7 +189,7 @@ class Tuner:
         cond = self.encode_text(batch["captions"])
         pred = blocks.predict(self.unet, n.noisy, n.timesteps, cond, self.accelerator)
         return StepContext(latents, n.noise, n.timesteps, n.noisy, cond, pred, n.target,
-                           batch["is_prior"].to(self.device), gen)
+                           batch["is_prior"].to(self.device), gen, [self.format_prompt(c) for c in batch["captions"]])
 
     def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
         ctx = self.forward(batch, gen)
