@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # regularizers: (label, method section, the base whose step it is compared with); the bases come from the registry
 REGULARIZERS = [
     ("classdiffusion on custom_diffusion", {"name": "classdiffusion", "class_word": "dog"}, "custom_diffusion"),
+    # the SPL phrase is the caption itself ("a photo of sks dog"), as in configs/classdiffusion.yaml: no SPL pass
+    ("classdiffusion on custom_diffusion, the caption is the SPL phrase",
+     {"name": "classdiffusion", "class_word": "dog", "spl_template": "a photo of {token} {cls}"}, "custom_diffusion"),
     ("sude on dreambooth", {"name": "sude", "class_word": "dog"}, "dreambooth"),
     ("sude on custom_diffusion", {"name": "sude", "class_word": "dog", "base": {"name": "custom_diffusion"}},
      "custom_diffusion"),
