@@ -85,7 +85,8 @@ class Tuner:
             raise MethodError("train.with_prior_preservation needs data.class_prompt (e.g. 'a photo of a dog')")
         if train.cache_latents and (not data.center_crop or spec.rescale_aug):
             raise MethodError("train.cache_latents needs data.center_crop=true and no random rescale "
-                              "(rescale_aug=false): a random crop gives new latents every step")
+                              "(rescale_aug=false): a random crop gives new latents every step; set "
+                              "--train.cache_latents=false (configs/dreambooth.yaml and lora.yaml turn it on)")
 
     # ------------------------------------------------------------------------------------ setup
 
