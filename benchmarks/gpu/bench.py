@@ -297,7 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--examples", type=Path, default=None, help="folder with diffusers' train_dreambooth*.py")
     p.add_argument("--examples-runner", type=Path, default=None,
                    help="run diffusers' scripts through this file (it takes the script path as first argument)")
-    p.add_argument("--steps", type=int, default=None, help="N, the long run's extra steps (default 10; tiny 3)")
+    p.add_argument("--steps", type=int, default=None, help="N, the long run's extra steps (default 30; tiny 3)")
     p.add_argument("--short-steps", type=int, default=None, help="S, the short run's steps (default 3; tiny 2)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds after which no arm starts (default 400 at full size, none with --tiny)")
@@ -321,7 +321,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
     resolution = native_resolution(model)
     data = write_instance_images(work / "data", max(resolution, 64))
     return Setup(model=model, data=data, logs=logs, runs=runs, resolution=resolution,
-                 short_steps=args.short_steps or (2 if tiny else 3), extra_steps=args.steps or (3 if tiny else 10),
+                 short_steps=args.short_steps or (2 if tiny else 3), extra_steps=args.steps or (3 if tiny else 30),
                  cuda=torch.cuda.is_available(), timeout=args.timeout or (150 if tiny else 240),
                  budget=args.budget if args.budget is not None else (None if tiny else 400.0),
                  examples=args.examples, runner=args.examples_runner, start=start)
