@@ -111,16 +111,16 @@ class Studio:
 
         # `personalize app --face-detector`, or the base's default ("none" on the toy world, else the default pack)
         self.face_detector_spec = detector_spec(face_detector, pipe.base)
-        self._detector = []  # the detector, made on the first face photo, then kept
+        self._detector = None  # made on the first face photo, then kept
 
     def face_detector(self):
         """The detector that finds and aligns uploaded face photos (`personalize.face`), made once; "none" when
         photos are taken as aligned crops."""
-        if not self._detector:
+        if self._detector is None:
             from personalize.face import resolve_detector
 
-            self._detector.append(resolve_detector(self.face_detector_spec) or "none")
-        return self._detector[0]
+            self._detector = resolve_detector(self.face_detector_spec) or "none"
+        return self._detector
 
     def entries(self) -> list[Entry]:
         return scan_artifacts(self.artifacts_dir, self.pipe.width)
