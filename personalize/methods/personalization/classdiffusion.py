@@ -128,6 +128,8 @@ class SemanticPreservation:
         self.ids_p, self.ids_c = (tok(tuner.rows.expand(p), truncation=True, return_tensors="pt").input_ids
                                   .to(tuner.device) for p in phrases)  # (1, L): no padding, as the official code
         self.eos_id, self.first_new = tok.eos_token_id, min(tuner.rows.ids)
+        # where f(P) sits in a caption that is the phrase (eos pooling: the phrase's own EOS; fixed for the run)
+        self.eos_p = int(pool_index(self.ids_p, self.eos_id, "eos")[0]) if o.spl_pooling == "eos" else None
         self.refresh_class = tuner.spec.train_text_encoder  # layers train: f(C) moves, recompute it every step
 
     def loss_weights(self) -> dict[str, float]:
@@ -150,8 +152,7 @@ class SemanticPreservation:
         if cached is None:
             with torch.no_grad():
                 self.f_class = pooled_features(te, self.ids_c, self.eos_id, "eos")
-        eos = int(pool_index(self.ids_p, self.eos_id, "eos")[0])
-        return {"loss_spl": spl(ctx.cond[i: i + 1, eos], self.f_class)}  # (1, width) against (1, width)
+        return {"loss_spl": spl(ctx.cond[i: i + 1, self.eos_p], self.f_class)}  # (1, width) against (1, width)
 
 
 def build(options: Options, config) -> Tuner:
