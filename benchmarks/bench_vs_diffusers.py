@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photo of sks dog"
+FIVE_COLORS = ("red", "blue", "green", "orange", "purple")  # five instance images (tests/helpers.py draws them)
 # each base: our config + overrides, diffusers' script + its arguments, for the same recipe (lr, batch, crops)
 ARMS = {
     "dreambooth": (["--config", "configs/dreambooth.yaml"], "train_dreambooth.py",
@@ -44,18 +45,6 @@ ARMS = {
                           "--initializer_token", "object", "--learning_rate", "1e-5", "--hflip",
                           "--no_safe_serialization"]),
 }
-
-
-def write_images(folder: Path, n: int = 5, size: int = 64) -> Path:
-    """n small RGB images with a square in different places (crops and flips differ)."""
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        image = Image.new("RGB", (size, size), (40 * i, 120, 200 - 30 * i))
-        ImageDraw.Draw(image).rectangle((4 + 6 * i, 8, 20 + 6 * i, 30), fill="white")
-        image.save(folder / f"{i}.png")
-    return folder
 
 
 def ours(base: str, model: str, data: Path, out: Path, steps: int, res: int, extra: list[str]) -> list[str]:
@@ -94,6 +83,9 @@ def per_step(make, short: int, steps: int, env: dict, tmp: Path) -> dict:
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import write_concept_images
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=Path, required=True, help="folder with diffusers' example scripts")
     p.add_argument("--model", default=str(ROOT / "assets" / "toyworld"))
@@ -113,7 +105,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = write_images(tmp / "data")
+        data = write_concept_images(tmp / "data", FIVE_COLORS, size=(64, 64))
         for base in args.bases:
             make_ours = lambda n, o, b=base: ours(b, args.model, data, o, n, args.resolution, extra)  # noqa: E731
             make_theirs = lambda n, o, b=base: theirs(b, args.examples, args.model, data, o, n, args.resolution,  # noqa: E731

@@ -309,7 +309,10 @@ def make_setup(args: argparse.Namespace) -> Setup:
     """Build (or reuse) the model and write the images; the step counts and limits of this mode."""
     import torch
 
-    from model import ensure_model, native_resolution, write_instance_images
+    from model import ensure_model, native_resolution
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import write_concept_images
 
     tiny, start = args.tiny, time.monotonic()
     work = args.work or (args.out if tiny else Path("/tmp/personalize-gpu-bench"))
@@ -319,7 +322,8 @@ def make_setup(args: argparse.Namespace) -> Setup:
     print(f"model: {work / 'model'} ({'tiny' if tiny else 'SD-1.5 shapes, random weights'})", flush=True)
     model = ensure_model(work / "model", TOKENIZER_DIR, tiny)
     resolution = native_resolution(model)
-    data = write_instance_images(work / "data", max(resolution, 64))
+    side = max(resolution, 64)
+    data = write_concept_images(work / "data", ("red", "blue", "green", "orange", "purple"), size=(side, side))
     return Setup(model=model, data=data, logs=logs, runs=runs, resolution=resolution,
                  short_steps=args.short_steps or (2 if tiny else 3), extra_steps=args.steps or (3 if tiny else 30),
                  cuda=torch.cuda.is_available(), timeout=args.timeout or (150 if tiny else 240),

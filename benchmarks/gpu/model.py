@@ -1,5 +1,5 @@
 """The benchmark's model and data: an SD-1.5-shaped diffusers folder with random weights (no download), the
-tiny test model, and a few generated instance images.
+tiny test model (the instance images come from tests/helpers.py's write_concept_images).
 
 The full-size folder is saved in float32, as the original SD-1.5 weights are: diffusers' training scripts
 refuse a UNet that does not load as float32, and both trainers cast the frozen parts to fp16/bf16 themselves.
@@ -85,16 +85,3 @@ def native_resolution(folder: Path) -> int:
     unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
     vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
-def write_instance_images(folder: Path, size: int, count: int = 5) -> Path:
-    """`count` PNGs of a coloured rectangle on a solid background (distinct per image)."""
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = Image.new("RGB", (size, size), (40 * i, 120, 200 - 30 * i))
-        box = [size * (1 + i % 3) // 8, size // 4, size * (5 + i % 3) // 8, size * 3 // 4]
-        ImageDraw.Draw(image).rectangle(box, fill=(230, 60 + 30 * i, 40))
-        image.save(folder / f"{i}.png")
-    return folder
