@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a photo of a smiling person wearing glasses"
 
 
 def timed(fn) -> float:
@@ -66,6 +67,19 @@ def report(times: dict[str, list[float]], goals: dict[str, str]) -> None:
         print(line)
 
 
+def load_both(model, device: str) -> tuple:
+    """(plain StableDiffusionPipeline, our Pipeline, dtype) on `device` from one model folder; fp16 on CUDA."""
+    from diffusers import StableDiffusionPipeline
+
+    from personalize.pipeline import load_pipeline
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    plain = StableDiffusionPipeline.from_pretrained(str(model), local_files_only=True, safety_checker=None,
+                                                    requires_safety_checker=False, dtype=dtype).to(device)
+    plain.set_progress_bar_config(disable=True)
+    return plain, load_pipeline(str(model), device=device, dtype=dtype, local_files_only=True), dtype
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
@@ -75,10 +89,7 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="toyworld or a diffusers folder (default: tiny SD1, 768)")
     args = parser.parse_args()
 
-    from diffusers import StableDiffusionPipeline
-
     from personalize.components import toyworld_dir
-    from personalize.pipeline import load_pipeline
     from personalize.tiny import save_tiny_model
 
     if args.device == "cpu":
@@ -86,13 +97,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = {"toyworld": toyworld_dir(), None: None}.get(args.base, args.base)
         model = model or save_tiny_model(Path(tmp) / "tiny", ROOT / "tests" / "fixtures" / "clip_tokenizer", "sd1")
-        dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-        plain = StableDiffusionPipeline.from_pretrained(str(model), local_files_only=True, safety_checker=None,
-                                                        requires_safety_checker=False, dtype=dtype)
-        plain = plain.to(args.device)
-        plain.set_progress_bar_config(disable=True)
-        ours = load_pipeline(str(model), device=args.device, dtype=dtype, local_files_only=True)
-        runs = arms(plain, ours, "a photo of a smiling person wearing glasses", args.steps)
+        plain, ours, dtype = load_both(model, args.device)
+        runs = arms(plain, ours, PROMPT, args.steps)
         print(f"model {args.base or 'tiny SD1 (768)'}, {args.steps} steps, device {args.device}, {dtype}")
         report(rounds(runs, ["plain", "generate", "swr"], args.repeats),
                {"generate": "goal <= 1.02", "swr": "goal <= 1.05"})
