@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 
-
 def generate_ratio(model: Path, device: str, steps: int, rounds: int) -> dict:
     """Median over `rounds` interleaved rounds (order alternating, after one warm-up each) of generate / plain.
 
