@@ -1,4 +1,4 @@
-"""`personalize generate|convert|config|quickstart ...`: parse, build, call. Bad input -> one clear line on stderr, exit 2."""
+"""`personalize generate|train|export|convert|config|quickstart ...`: parse, build, call. Bad input -> one clear line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -108,13 +108,22 @@ def _add_convert(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
-def _add_export_lora(sub) -> None:
-    p = sub.add_parser("export-lora", help="an erasure artifact as a kohya-layout LoRA (AUTOMATIC1111, ComfyUI, "
-                                           "diffusers load_lora_weights), by truncated SVD")
-    p.add_argument("artifact", help="an erasure .safetensors (esd, abo, uce)")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16; the error is printed)")
-    p.add_argument("--out", default=None, help="output file (default: <artifact>-lora.safetensors beside it)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+def _add_export(sub) -> None:
+    for name, fmt in (("export", None), ("export-lora", "lora")):
+        p = sub.add_parser(name, help="an artifact as a file other tools load: --format lora (kohya layout: A1111, "
+                                      "ComfyUI, kohya, diffusers), checkpoint (one .safetensors, original layout) or "
+                                      "embedding" if fmt is None else "the same as export --format lora")
+        p.set_defaults(format=fmt)
+        p.add_argument("artifact", nargs="+", help="artifact .safetensors (several only for --format checkpoint)")
+        if fmt is None:
+            p.add_argument("--format", help="lora, checkpoint or embedding")
+        p.add_argument("--rank", default=None, help="LoRA rank: N or 'full' (default: a LoRA's own; 16 for an SVD "
+                                                    "extraction, whose error is printed)")
+        p.add_argument("--base", default=None, help="the base model (default: the artifact's base_model metadata)")
+        p.add_argument("--fp16", action="store_true", help="checkpoint tensors in float16 (half the size)")
+        p.add_argument("--out", default=None, help="output file (a folder for embedding; default beside the artifact)")
+        p.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+        p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
 def _add_erasure_card(sub) -> None:
@@ -184,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
-    _add_export_lora(sub)
+    _add_export(sub)
     _add_erasure_card(sub)
     _add_config(sub)
     _add_quickstart(sub)
@@ -276,16 +285,16 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_export_lora(args) -> int:
-    from personalize.artifacts import load_artifact
-    from personalize.methods.erasure.export import write_lora
+def cmd_export(args) -> int:
+    """`export` / `export-lora` (personalize.export.command): check, compute, write, print what and how."""
+    from personalize.export.command import export
 
-    source = Path(args.artifact)
-    out = Path(args.out) if args.out else source.with_name(f"{source.stem}-lora.safetensors")
-    if out.exists() and not args.force:
-        raise PersonalizeError(f"{out} exists: pass --force to overwrite it")
-    export = write_lora(load_artifact(source), out, args.rank)
-    print(f"{source} -> {out}\n{export.summary()}")
+    if not args.format:
+        raise PersonalizeError("--format is required: lora, checkpoint or embedding")
+    _no_loader_bars()  # errors stay one line on stderr
+    plan = export(args.artifact, args.format, base=args.base, rank=args.rank, out=args.out, half=args.fp16,
+                  force=args.force, local_files_only=args.local_files_only)
+    print("\n".join([*plan.lines, *(f"wrote {path}" for path in plan.files)]))
     return 0
 
 
@@ -402,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command not in ("config", "app", "train", "train-classes"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
-    handlers = {"generate": cmd_generate, "convert": cmd_convert, "export-lora": cmd_export_lora,
+    handlers = {"generate": cmd_generate, "convert": cmd_convert, "export": cmd_export, "export-lora": cmd_export,
                 "erasure-card": cmd_erasure_card, "config": cmd_config,
                 "quickstart": cmd_quickstart, "train": cmd_train, "train-classes": cmd_train_classes,
                 "evaluate-faces": cmd_evaluate_faces, "app": cmd_app}

@@ -93,3 +93,55 @@ def save_tiny_model(path: str | Path, tokenizer_dir: str | Path, variant: str = 
     pipe = StableDiffusionPipeline(**comps.as_pipeline_kwargs())
     pipe.save_pretrained(str(path))
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------- real names
+# The real models' block structure (so every parameter *name* equals the real one) at tiny channel counts:
+# SD-1.5 (runwayml/stable-diffusion-v1-5) and SD-2.1 (stabilityai/stable-diffusion-2-1) configs, with
+# block_out_channels, widths and head counts shrunk. Exporters are tested on these: ComfyUI, AUTOMATIC1111 and
+# kohya match keys by name, so a name that exists only in a toy layout would prove nothing.
+NAMED_UNET = {
+    # SD's channel ratios (320, 640, 1280, 1280) / 40, so the same resnets get a conv_shortcut as in the real UNet
+    "layers_per_block": 2, "block_out_channels": (8, 16, 32, 32), "norm_num_groups": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+}
+NAMED_TEXT_LAYERS = {"sd1": 12, "sd2": 23}  # SD 2.x: OpenCLIP ViT-H's 24 layers less the last (penultimate)
+
+
+def named_components(tokenizer_dir: str | Path, variant: str = "sd1", width: int = 32, seed: int = 0) -> Components:
+    """Tiny random components whose parameter names equal SD-1.5's (`sd1`) or SD-2.1's (`sd2`): 4 UNet blocks of
+    2 layers, a 12-layer (23-layer) CLIP text encoder, a 4-block VAE. 64x64 images, 8x8x4 latents."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if variant not in REAL_WIDTH:
+        raise ValueError(f"variant must be one of {sorted(REAL_WIDTH)}, got {variant!r}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, cross_attention_dim=width, **NAMED_UNET,
+        attention_head_dim=(2, 4, 8, 8) if variant == "sd2" else 2, use_linear_projection=variant == "sd2",
+    ).eval()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8, 16, 16), layers_per_block=2,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+    ).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=NAMED_TEXT_LAYERS[variant],
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=width,
+        hidden_act="gelu" if variant == "sd2" else "quick_gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )).eval()
+    return Components(tokenizer=tiny_tokenizer(tokenizer_dir, variant), text_encoder=text_encoder, vae=vae,
+                      unet=unet, scheduler=tiny_scheduler(variant), source=f"named-{variant}-{width}")
+
+
+def save_named_model(path: str | Path, tokenizer_dir: str | Path, variant: str = "sd1", width: int = 32,
+                     seed: int = 0) -> Path:
+    """`named_components` as a diffusers folder that `from_pretrained` (and `from_single_file(config=...)`) loads."""
+    from diffusers import StableDiffusionPipeline
+
+    comps = named_components(tokenizer_dir, variant, width, seed)
+    StableDiffusionPipeline(**comps.as_pipeline_kwargs()).save_pretrained(str(path))
+    return Path(path)

@@ -89,8 +89,11 @@ def test_lora_changes_only_adapters(tmp_path, tiny_sd1, concept_dir):
     assert _changed(base["text_encoder"], c.text_encoder) == set()
     art = load_artifact(result.artifact)
     assert art.kind == "lora" and art.weights and not art.embeddings
-    assert all(".lora.down.weight" in k or ".lora.up.weight" in k for k in art.weights)
-    ups = [v for k, v in art.weights.items() if ".lora.up." in k]
+    # kohya's layout: lora_unet_<diffusers path, '.' -> '_'>.lora_down.weight / .lora_up.weight / .alpha
+    assert all(k.startswith("lora_unet_") and k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))
+               for k in art.weights)
+    assert {float(v) for k, v in art.weights.items() if k.endswith(".alpha")} == {4.0}  # alpha, not alpha / rank
+    ups = [v for k, v in art.weights.items() if ".lora_up." in k]
     assert any(v.abs().sum() > 0 for v in ups)  # B starts at zero and has learned
 
 

@@ -42,7 +42,7 @@ def test_config_and_overrides_train_an_artifact(tmp_path, tiny_sd1, concept_dir,
     assert _main()(_args(tiny_sd1, concept_dir, tmp_path / "out", "--method.rank=2")) == 0
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert path == tmp_path / "out" / "lora.safetensors" and path.is_file()
-    down = [v for k, v in read_safetensors(path)[0].items() if ".lora.down." in k]
+    down = [v for k, v in read_safetensors(path)[0].items() if k.endswith(".lora_down.weight")]
     assert down and all(v.shape[0] == 2 for v in down)  # the override reached the method
 
 

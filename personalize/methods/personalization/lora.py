@@ -1,7 +1,9 @@
 """LoRA (Hu et al. 2021) on the UNet attention projections, as diffusers `train_dreambooth_lora.py`.
 
-peft adapters (rank `rank`, scale alpha/rank) on to_q/to_k/to_v/to_out.0. The artifact is the diffusers LoRA
-layout that `pipe.load_lora_weights` reads (alpha folded into the up weights, so no metadata is needed).
+peft adapters (rank `rank`, scale alpha/rank) on to_q/to_k/to_v/to_out.0. The artifact holds them in kohya's
+layout (`lora_unet_*.lora_down/lora_up/alpha`, personalize.kohya), which AUTOMATIC1111, ComfyUI, kohya's tools
+and diffusers' `pipe.load_lora_weights` read; target_modules outside the layers kohya can hold fall back to the
+diffusers layout, with a warning. Files in the diffusers layout, as written before, keep loading.
 """
 
 from dataclasses import dataclass, field

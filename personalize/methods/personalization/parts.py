@@ -6,18 +6,23 @@
     initialised from `to_k`/`to_v` (Kumari et al. 2023 sec. 3.1; diffusers `train_custom_diffusion.py`);
     exported as a weight delta of `attn2.to_k/to_v(.to_q/.to_out.0)`, which computes the same attention at
     inference (the processor's detach of the start token only changes gradients);
-  - LoRA: peft adapters on the UNet attention projections, exported in the diffusers layout that
-    `load_lora_weights` reads (Hu et al. 2021; diffusers `train_dreambooth_lora.py`).
+  - LoRA: peft adapters on the UNet attention projections (Hu et al. 2021; diffusers
+    `train_dreambooth_lora.py`), exported in kohya's layout, which AUTOMATIC1111, ComfyUI, kohya's tools and
+    diffusers' `load_lora_weights` all read.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from personalize import kohya
 from personalize.methods.base import MethodError
 from personalize.tokens import add_tokens, token_names
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- token rows
@@ -169,21 +174,36 @@ def add_lora(unet, rank: int, alpha: float, targets: list[str]) -> list[torch.nn
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     if not params:
         raise MethodError(f"lora target_modules {targets} match no module of this UNet (expected e.g. to_k, to_v)")
+    outside = [m for m in lora_modules(unet) if kohya.kohya_name(f"unet.{m}") is None]
+    if outside:
+        logger.warning("lora target_modules reach %d layers kohya's loader has no module for (e.g. %s): the "
+                       "artifact is written in the diffusers layout, which AUTOMATIC1111, ComfyUI and kohya ignore",
+                       len(outside), outside[0])
     for p in params:
         p.data = p.data.float()  # trainable LoRA weights stay float32 under mixed precision
     return params
 
 
+def lora_modules(unet) -> list[str]:
+    """The module paths that carry a peft LoRA adapter."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [name for name, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
 def lora_state_dict(unet, rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """The adapters in the diffusers layout (`unet.<module>.lora.down/up.weight`), as `save_lora_weights`
-    writes them. The scale alpha/rank is folded into `up`, so the file loads right without alpha metadata."""
+    """The adapters in kohya's layout (`lora_unet_<path>.lora_down/lora_up.weight`, `.alpha`; personalize.kohya),
+    which AUTOMATIC1111, ComfyUI, kohya's tools and diffusers' `load_lora_weights` read. Where an adapter sits on
+    a layer kohya has no module for, the diffusers layout instead (`unet.<module>.lora.down/up.weight`, as
+    `save_lora_weights` writes it, the scale alpha/rank folded into `up`), which diffusers alone reads."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    peft_sd = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+    modules = sorted({k.rsplit(".lora_A.", 1)[0] for k in peft_sd if ".lora_A." in k})
+    if all(kohya.kohya_name(f"unet.{m}") for m in modules):
+        return kohya.state_dict({f"unet.{m}": kohya.Factor(peft_sd[f"{m}.lora_A.weight"], peft_sd[f"{m}.lora_B.weight"],
+                                                           alpha / rank) for m in modules})
     scale = alpha / rank
-    out = {}
-    for key, value in layers.items():
-        value = value.detach().float().cpu().clone()
-        out[f"unet.{key}"] = value * scale if ".lora.up." in key else value
-    return out
+    return {f"unet.{k}": v * scale if ".lora.up." in k else v
+            for k, v in convert_state_dict_to_diffusers(peft_sd).items()}
