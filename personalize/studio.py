@@ -256,6 +256,19 @@ class Studio:
             shutil.copyfile(source, tmp)
         return describe(target, self.pipe.width)
 
+    def export(self, artifact: str, fmt: str) -> tuple[list[Path], str]:
+        """`personalize export` of one artifact of the folder into `<outputs>/exports/` against this app's base:
+        the files written (a LoRA or checkpoint, token files beside it) and what the command printed, headed by
+        the command line that does the same."""
+        from personalize.export.command import export
+
+        (path,) = self._artifact_paths([artifact])
+        stem = Path(path).stem
+        out = self.outputs_dir / "exports" / (f"{stem}-embeddings" if fmt == "embedding" else f"{stem}-{fmt}.safetensors")
+        plan = export([path], fmt, base=self.pipe.base, out=str(out), force=True)
+        command = f"personalize export {path} --format {fmt} --base {self.pipe.base} --out {out}"
+        return list(plan.files), "\n".join([f"$ {command}", *plan.lines])
+
     def info(self, images: list, edits: list = ()) -> str:
         """A short text for the UI: the seeds used (so a random one can be reused) and the settings; the toy
         world's note on unknown words counts the words the `edits` give a meaning (a face's "f l")."""

@@ -277,3 +277,20 @@ def test_ten_concurrent_requests_finish_or_are_refused(server):
     assert time.time() - start < 120
     assert set(outcomes) <= {"done", "refused"}, outcomes
     assert outcomes.count("done") >= 3, outcomes
+
+
+def test_api_exports_a_file_for_other_tools(server):
+    """The export accordion: the chosen file as a kohya LoRA under the outputs folder, downloaded through the
+    app; an export that cannot be made is a message naming why."""
+    from gradio_client import Client
+    from safetensors.torch import load_file
+
+    client = Client(server[0], verbose=False)
+    files, text = client.predict("erase.safetensors", "lora", api_name="/export")
+    (lora,) = files
+    keys = load_file(lora)
+    assert keys and all(k.startswith("lora_unet_") and "_attn2_to_v." in k for k in keys)
+    assert text.startswith("$ personalize export ") and "--format lora" in text and "rank" in text
+    assert (Path(server[2].outputs_dir) / "exports" / "erase-lora.safetensors").is_file()
+    with pytest.raises(Exception, match="no token embedding"):
+        client.predict("erase.safetensors", "embedding", api_name="/export")

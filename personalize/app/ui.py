@@ -93,13 +93,23 @@ class Callbacks:
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
 
+    def export(self, artifact, fmt):
+        """The chosen file exported (personalize export), offered for download, with what the command printed."""
+        if not artifact:
+            raise gr.Error("Choose an artifact to export.")
+        try:
+            files, text = self.studio.export(artifact, fmt)
+        except PersonalizeError as err:
+            raise gr.Error(str(err)) from None
+        return [str(f) for f in files], text
+
     def rescan(self):
         choices, note = _choices(self.studio)
-        return gr.update(choices=choices), note
+        return gr.update(choices=choices), note, gr.update(choices=[rel for _, rel in choices])
 
     def upload(self, file):
         if file is None:
-            return gr.update(), gr.update(), None
+            return gr.update(), gr.update(), gr.update(), None
         try:
             self.studio.upload(file)
         except PersonalizeError as err:
@@ -135,6 +145,13 @@ def _prompt_column(studio) -> dict:
     with gr.Accordion("Suppress (SuppressEOT): leave words of the prompt out of the image", open=False):
         c["suppress"] = gr.Textbox(label="Words or spans to suppress (comma-separated)", elem_id="suppress")
         c["suppress_mode"] = gr.Radio(SUPPRESS_MODES, value="swr", label="Mode (swr+ito: slower, stronger)")
+    with gr.Accordion("Export: a file for AUTOMATIC1111, ComfyUI, kohya or diffusers", open=False):
+        with gr.Row():
+            c["export_file"] = gr.Dropdown([rel for _, rel in choices], label="Artifact", elem_id="export_file")
+            c["export_format"] = gr.Radio(["lora", "checkpoint", "embedding"], value="lora", label="Format")
+        c["export_run"] = gr.Button("Export", size="sm", elem_id="export")
+        c["export_out"] = gr.File(label="Exported files", file_count="multiple", interactive=False)
+        c["export_info"] = gr.Textbox(label="What was written", lines=3, interactive=False, elem_id="export_info")
     return c
 
 
@@ -179,7 +196,10 @@ def build(studio, title: str = "personalize") -> gr.Blocks:
         checked.success(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,
                         concurrency_id="model")
         save.click(on.save, [last], [saved], api_name="save")
-        c["rescan"].click(on.rescan, None, [c["artifacts"], c["unusable"]], api_name="rescan")
+        c["rescan"].click(on.rescan, None, [c["artifacts"], c["unusable"], c["export_file"]], api_name="rescan")
+        c["export_run"].click(on.export, [c["export_file"], c["export_format"]], [c["export_out"], c["export_info"]],
+                              api_name="export", concurrency_limit=1, concurrency_id="model")
         c["face"].upload(on.preview, [c["face"], c["face_file"]], [c["face_crop"]], api_name="face_preview")
-        c["upload"].upload(on.upload, [c["upload"]], [c["artifacts"], c["unusable"], c["upload"]], api_name="upload")
+        c["upload"].upload(on.upload, [c["upload"]], [c["artifacts"], c["unusable"], c["export_file"], c["upload"]],
+                           api_name="upload")
     return demo
