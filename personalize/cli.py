@@ -287,11 +287,13 @@ def cmd_convert(args) -> int:
 
 def cmd_export(args) -> int:
     """`export` / `export-lora` (personalize.export.command): check, compute, write, print what and how."""
+    from personalize.cpu import configure_threads
     from personalize.export.command import export
 
     if not args.format:
         raise PersonalizeError("--format is required: lora, checkpoint or embedding")
     _no_loader_bars()  # errors stay one line on stderr
+    configure_threads()  # the SVDs use every CPU this process may use
     plan = export(args.artifact, args.format, base=args.base, rank=args.rank, out=args.out, half=args.fp16,
                   force=args.force, local_files_only=args.local_files_only)
     print("\n".join([*plan.lines, *(f"wrote {path}" for path in plan.files)]))

@@ -102,7 +102,7 @@ def test_single_file_checkpoint_loads_like_the_folder(tiny_sd1, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from ldm_layout import to_ldm_state_dict
+    from personalize.export.ldm import ldm_state_dict as to_ldm_state_dict
 
     folder = load_components(str(tiny_sd1))
     path = tmp_path / "tiny-sd1.safetensors"
@@ -121,7 +121,7 @@ def test_single_file_checkpoint_loads_like_the_folder(tiny_sd1, tmp_path):
 def test_single_file_without_config_offline_fails_at_once(tiny_sd1, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from ldm_layout import to_ldm_state_dict
+    from personalize.export.ldm import ldm_state_dict as to_ldm_state_dict
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))

@@ -267,3 +267,83 @@ def test_face2diffusion_files_are_refused_with_why(tmp_path, capsys):
     path = tmp_path / "person.f2d.safetensors"
     save_file({"f l": torch.zeros(2, 8)}, str(path), make_metadata("face2diffusion", "toyworld", [], weights="f2d_identity"))
     _refused(["export", str(path), "--format", "embedding"], tmp_path, capsys, "cannot leave.*position embedding")
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def _single_file(path, config):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                    safety_checker=None)
+
+
+def test_checkpoint_loads_in_diffusers_with_every_tensor_ours(trained, named_sd1, tmp_path):
+    """DreamBooth (UNet + text encoder) then an ESD-x erasure on top, as one original-layout file: diffusers'
+    `from_single_file` gives exactly the pipeline `personalize generate` would use (every tensor equal)."""
+    from personalize.pipeline import load_pipeline
+
+    db, esd = str(trained["dreambooth"][0]), str(trained["esd_x"][0])
+    out = tmp_path / "db.safetensors"
+    assert main(["export", db, esd, "--format", "checkpoint", "--out", str(out)]) == 0
+    assert any(k.startswith("model.diffusion_model.") for k in load_file(out))
+    ours = load_pipeline(str(named_sd1), [db, esd], device="cpu").sd
+    theirs = _single_file(out, named_sd1)
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(ours, part).state_dict(), getattr(theirs, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    base = _stock(named_sd1).unet.state_dict()
+    changed = [k for k, v in theirs.unet.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed  # the artifacts' weights, not the base's
+
+
+def test_checkpoint_of_a_lora_is_the_merged_model_and_tokens_go_beside(trained, named_sd1, tmp_path):
+    from personalize.export.changes import adapters
+
+    path, result = trained["lora"]
+    out = tmp_path / "lora-merged.safetensors"
+    assert main(["export", str(path), "--format", "checkpoint", "--fp16", "--out", str(out)]) == 0
+    assert {v.dtype for v in load_file(out).values()} == {torch.float16}
+    theirs, base = _single_file(out, named_sd1).unet.state_dict(), _stock(named_sd1).unet.state_dict()
+    live = adapters(type("S", (), {"unet": result.method.c.unet, "text_encoder": result.method.c.text_encoder}))
+    for module, f in live.items():
+        key = f"{module.removeprefix('unet.')}.weight"
+        want = (base[key].double() + f.delta(base[key].shape).double()).half()
+        assert (theirs[key].double() - want.double()).abs().max() <= 1e-3 * base[key].abs().max()
+    cd = trained["custom_diffusion"][0]
+    assert main(["export", str(cd), "--format", "checkpoint", "--out", str(tmp_path / "cd.safetensors")]) == 0
+    tensors = load_file(tmp_path / "cd.safetensors")
+    assert tensors["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"].shape[0] == 49408
+    assert list(load_file(tmp_path / "sks.safetensors")) == ["sks"]  # the modifier token, beside
+
+
+def test_sd2_lora_and_checkpoint(tokenizer_dir, tmp_path):
+    """SD-2.1 names (linear proj_in, OpenCLIP text encoder as transformers names it): a hand-made `delta` on UNet
+    and text-encoder layers exports to a LoRA diffusers applies exactly, marked SD 2 for A1111 (`ss_v2`), and to
+    a checkpoint `from_single_file` reads back tensor for tensor."""
+    from safetensors import safe_open
+
+    from personalize.artifacts import save_artifact
+    from personalize.pipeline import load_pipeline
+    from personalize.tiny import save_named_model
+
+    model = save_named_model(tmp_path / "sd2", tokenizer_dir, "sd2")
+    base, g = _weights(_stock(model)), torch.Generator().manual_seed(0)
+    keys = ["unet.down_blocks.1.attentions.0.proj_in.weight", "unet.up_blocks.2.resnets.1.conv1.weight",
+            "text_encoder.encoder.layers.22.self_attn.k_proj.weight", "unet.conv_in.bias"]
+    delta = {k: base[k] + torch.randn(base[k].shape, generator=g) * 0.1 for k in keys}
+    art = save_artifact(tmp_path / "db.safetensors", "dreambooth", str(model), weights=delta, kind="delta")
+    assert main(["export", str(art), "--format", "lora", "--rank", "full", "--out", str(tmp_path / "l.safetensors")]) == 0
+    with safe_open(str(tmp_path / "l.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_v2"] == "True" and meta["ss_base_model_version"] == "sd_v2"
+    applied = _diffusers_applies(model, tmp_path / "l.safetensors")
+    zero = "text_encoder.encoder.layers.22.self_attn.out_proj.weight"  # diffusers needs one (lora._loadable_in_diffusers)
+    assert set(applied) == {*keys[:3], zero} and not applied[zero].any()
+    assert all(_rel(applied[k], delta[k] - base[k]) < 1e-5 for k in keys[:3])
+    assert main(["export", str(art), "--format", "checkpoint", "--out", str(tmp_path / "c.safetensors")]) == 0
+    ours, theirs = load_pipeline(str(model), [art], device="cpu").sd, _single_file(tmp_path / "c.safetensors", model)
+    for part in ("unet", "text_encoder"):
+        a, b = getattr(ours, part).state_dict(), getattr(theirs, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part

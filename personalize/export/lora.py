@@ -140,10 +140,22 @@ def to_lora(changes: Changes, rank: str | int | None = None) -> LoraExport:
     if factors and out.factors or len({(f.rank, f.scale) for f in factors.values()}) > 1:
         factors = {m: uniform(f, r) for m, f in factors.items()}  # one rank and alpha per file (personalize.kohya)
     out.factors |= factors
+    _loadable_in_diffusers(out.factors)
     if not out.factors:
         raise LoraFormatError("the artifact changes no layer a LoRA can hold (only "
                               + (", ".join(sorted(left_out)[:3]) or "nothing") + ")")
     return out
+
+
+def _loadable_in_diffusers(factors: dict[str, Factor]) -> None:
+    """diffusers 0.42 tells a text-encoder LoRA's layout by an out_proj or MLP module (`state_dict_utils.
+    convert_state_dict_to_diffusers`) and refuses one of q/k/v_proj only: such a file gets a zero out_proj beside
+    them, which changes nothing in any tool."""
+    te = [m for m in factors if m.startswith("text_encoder.")]
+    if te and not any(m.endswith(("out_proj", "fc1", "fc2")) for m in te):
+        f = factors[te[0]]  # q/k/v_proj and out_proj are all (width, width)
+        factors[te[0].rsplit(".", 1)[0] + ".out_proj"] = Factor(torch.zeros_like(f.down), torch.zeros_like(f.up),
+                                                                 f.scale)
 
 
 def uniform(f: Factor, rank: int) -> Factor:
