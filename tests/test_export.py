@@ -118,7 +118,8 @@ def trained(named_sd1, tmp_path_factory):
     data = write_concept_images(root / "data")
     runs = {"lora": ("lora", {"rank": 2, "alpha": 4}), "esd_x": ("esd", {"train_method": "xattn"}),
             "esd_u": ("esd", {"train_method": "noxattn"}), "dreambooth": ("dreambooth", {"train_text_encoder": True}),
-            "custom_diffusion": ("custom_diffusion", {}), "textual_inversion": ("textual_inversion", {})}
+            "custom_diffusion": ("custom_diffusion", {}), "textual_inversion": ("textual_inversion", {}),
+            "classdiffusion": ("classdiffusion", {"class_word": "dog"})}  # on its default base, Custom Diffusion
     out = {}
     for name, (method, opts) in runs.items():
         if method == "esd":
@@ -180,7 +181,7 @@ def test_export_of_a_lora_is_exact(trained, tmp_path):
     assert all(torch.equal(load_file(out)[k], v) for k, v in load_file(path).items())  # no SVD: the same factors
 
 
-@pytest.mark.parametrize("name", ["esd_x", "esd_u", "dreambooth", "custom_diffusion"])
+@pytest.mark.parametrize("name", ["esd_x", "esd_u", "dreambooth", "custom_diffusion", "classdiffusion"])
 def test_full_rank_export_reproduces_the_artifact_in_diffusers(trained, named_sd1, tmp_path, name, capsys):
     """Every key is read by diffusers (its converter raises on a key it leaves), every module it applies equals
     the artifact's own change (erasure `diff`: the stored differences; `delta`: new values minus the base's)."""
