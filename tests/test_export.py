@@ -260,6 +260,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(trained, tiny_sd1, tmp_pat
              "no token embedding")
     _refused(["export", db, esd, "--format", "lora", "--out", out], tmp_path, capsys, "takes one artifact")
     _refused(["export", db, "--out", out], tmp_path, capsys, "--format is required")
+    _refused(["export", db, "--format", "lora", "--fp16", "--out", out], tmp_path, capsys, "--fp16 is for")
 
 
 def test_face2diffusion_files_are_refused_with_why(tmp_path, capsys):

@@ -163,6 +163,8 @@ def export(paths: list[str], fmt: str, *, base: str | None = None, rank: str | i
     check_exportable(arts, fmt, registry)
     if rank is not None and fmt != "lora":
         raise ExportError(f"--rank is for --format lora, not {fmt}")
+    if half and fmt != "checkpoint":
+        raise ExportError(f"--fp16 is for --format checkpoint, not {fmt}")
     target = Path(out) if out else default_out(Path(paths[0]), fmt)
     if fmt == "embedding":
         plan = embedding_files(arts, target)
