@@ -349,3 +349,17 @@ def test_sd2_lora_and_checkpoint(tokenizer_dir, tmp_path):
     for part in ("unet", "text_encoder"):
         a, b = getattr(ours, part).state_dict(), getattr(theirs, part).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_a_diffusers_layout_lora_becomes_kohya_exactly(named_sd1, tmp_path, capsys):
+    """A LoRA in the diffusers layout (what this project wrote before, and diffusers' own scripts write), which
+    A1111, ComfyUI and kohya ignore: exported with --base to kohya's layout, the same adapters in diffusers."""
+    from helpers import write_diffusers_lora
+
+    source = write_diffusers_lora(named_sd1, tmp_path / "d")
+    out = tmp_path / "k.safetensors"
+    _refused(["export", str(source), "--format", "lora", "--out", str(out)], tmp_path, capsys, "pass --base")
+    assert main(["export", str(source), "--format", "lora", "--base", str(named_sd1), "--out", str(out)]) == 0
+    assert all(KEY_RE.match(k) for k in load_file(out))
+    want, got = _diffusers_applies(named_sd1, source), _diffusers_applies(named_sd1, out)
+    assert want.keys() == got.keys() and all(_rel(got[k], want[k]) < 1e-6 for k in want)
