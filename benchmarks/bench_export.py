@@ -102,7 +102,7 @@ def main() -> int:
     model = make_model(work, args.model)
     arts = make_artifacts(model, work)
     print(f"model: {args.model} ({model}), threads {torch.get_num_threads()}, {args.rounds} rounds")
-    print(f"| export | seconds (median, min-max) | file MB |\n|---|---|---|")
+    print("| export | seconds (median, min-max) | file MB |\n|---|---|---|")
     for label, fmt, art, rank in arms(arts, args.ranks, args.model == "sd15"):
         out, times = work / "out" / f"{label.replace(' ', '_')}.safetensors", []
         for _ in range(args.rounds):

@@ -110,9 +110,9 @@ def _add_convert(sub) -> None:
 
 def _add_export(sub) -> None:
     for name, fmt in (("export", None), ("export-lora", "lora")):
-        p = sub.add_parser(name, help="an artifact as a file other tools load: --format lora (kohya layout: A1111, "
-                                      "ComfyUI, kohya, diffusers), checkpoint (one .safetensors, original layout) or "
-                                      "embedding" if fmt is None else "the same as export --format lora")
+        what = ("an artifact as a file other tools load: --format lora (kohya layout: A1111, ComfyUI, kohya, "
+                "diffusers), checkpoint (one .safetensors, original layout) or embedding")
+        p = sub.add_parser(name, help=what if fmt is None else "the same as export --format lora")
         p.set_defaults(format=fmt)
         p.add_argument("artifact", nargs="+", help="artifact .safetensors (several only for --format checkpoint)")
         if fmt is None:

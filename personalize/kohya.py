@@ -61,10 +61,10 @@ class Factor:
     def rank(self) -> int:
         return self.down.shape[0]
 
-    def delta(self, shape) -> torch.Tensor:
-        """The weight change, in the layer's weight shape."""
+    def delta(self, shape=None) -> torch.Tensor:
+        """The weight change, in the layer's weight shape (default: (out, in) or (out, in, k, k) from the factors)."""
         flat = self.up.flatten(1).double() @ self.down.flatten(1).double() * self.scale  # (out, in * k * k)
-        return flat.reshape(shape).float()
+        return flat.reshape(shape or (self.up.shape[0], *self.down.shape[1:])).float()
 
 
 def kohya_name(key: str) -> str | None:

@@ -260,11 +260,10 @@ class Studio:
         """`personalize export` of one artifact of the folder into `<outputs>/exports/` against this app's base:
         the files written (a LoRA or checkpoint, token files beside it) and what the command printed, headed by
         the command line that does the same."""
-        from personalize.export.command import export
+        from personalize.export.command import default_out, export
 
         (path,) = self._artifact_paths([artifact])
-        stem = Path(path).stem
-        out = self.outputs_dir / "exports" / (f"{stem}-embeddings" if fmt == "embedding" else f"{stem}-{fmt}.safetensors")
+        out = self.outputs_dir / "exports" / default_out(Path(path), fmt).name
         plan = export([path], fmt, base=self.pipe.base, out=str(out), force=True)
         command = f"personalize export {path} --format {fmt} --base {self.pipe.base} --out {out}"
         return list(plan.files), "\n".join([f"$ {command}", *plan.lines])

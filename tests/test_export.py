@@ -154,19 +154,27 @@ def _diffusers_applies(model, lora_file) -> dict[str, torch.Tensor]:
     return {f"{m}.weight": f.delta(before[f"{m}.weight"].shape) for m, f in adapters(sd).items()}
 
 
+def _live_adapters(result) -> dict:
+    """The adapters of a finished training run's own modules, as peft holds them (changes.adapters reads any object
+    with `unet` and `text_encoder`)."""
+    from types import SimpleNamespace
+
+    from personalize.export.changes import adapters
+
+    return adapters(SimpleNamespace(unet=result.method.c.unet, text_encoder=result.method.c.text_encoder))
+
+
 def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
 def test_lora_method_writes_kohya_layout_that_diffusers_applies(trained, named_sd1):
     """The `lora` method's own file: kohya keys, alpha as trained; diffusers applies the live adapters' change."""
-    from personalize.export.changes import adapters
-
     path, result = trained["lora"]
     tensors = load_file(path)
     assert tensors and all(KEY_RE.match(k) for k in tensors)
     assert len(tensors) == 128 * 3  # 16 transformer blocks x attn1/attn2 x to_q/k/v/out.0, down/up/alpha each
-    live = adapters(type("S", (), {"unet": result.method.c.unet, "text_encoder": result.method.c.text_encoder}))
+    live = _live_adapters(result)
     applied = _diffusers_applies(named_sd1, path)
     assert set(applied) == {f"{m}.weight" for m in live}
     for module, f in live.items():
@@ -301,14 +309,12 @@ def test_checkpoint_loads_in_diffusers_with_every_tensor_ours(trained, named_sd1
 
 
 def test_checkpoint_of_a_lora_is_the_merged_model_and_tokens_go_beside(trained, named_sd1, tmp_path):
-    from personalize.export.changes import adapters
-
     path, result = trained["lora"]
     out = tmp_path / "lora-merged.safetensors"
     assert main(["export", str(path), "--format", "checkpoint", "--fp16", "--out", str(out)]) == 0
     assert {v.dtype for v in load_file(out).values()} == {torch.float16}
     theirs, base = _single_file(out, named_sd1).unet.state_dict(), _stock(named_sd1).unet.state_dict()
-    live = adapters(type("S", (), {"unet": result.method.c.unet, "text_encoder": result.method.c.text_encoder}))
+    live = _live_adapters(result)
     for module, f in live.items():
         key = f"{module.removeprefix('unet.')}.weight"
         want = (base[key].double() + f.delta(base[key].shape).double()).half()

@@ -81,13 +81,13 @@ def embedding_files(arts: list[Artifact], folder: Path) -> Plan:
     return plan
 
 
-def family(unet) -> str:
-    """sd1 | sd2 from the UNet's config (SD 2.x: linear proj_in, 1024-wide cross-attention); SDXL is refused."""
-    config = unet.config
-    if config.get("addition_embed_type") is not None:
-        raise ExportError("this base is Stable Diffusion XL (or another UNet with added conditioning): export "
-                          "supports SD 1.x and 2.x")
-    return "sd2" if config.get("use_linear_projection") or config.get("cross_attention_dim") == 1024 else "sd1"
+def family(sd) -> str:
+    """sd1 | sd2, by the rule the checkpoint writer uses (personalize.export.ldm: the text encoder's activation,
+    checked against the UNet's projection); SDXL and other UNets with added conditioning are refused."""
+    from personalize.export.ldm import check_unet, infer_variant
+
+    check_unet(sd.unet)
+    return infer_variant(sd.text_encoder, sd.unet)
 
 
 def base_of(arts: list[Artifact], base: str | None) -> tuple[str, list[str]]:
@@ -117,7 +117,7 @@ def lora_plan(art: Artifact, sd, apply, rank, out: Path) -> Plan:
     from personalize.export.changes import read_changes
     from personalize.export.lora import to_lora
 
-    fam = family(sd.unet)
+    fam = family(sd)
     changes = read_changes(sd, art, apply)
     if changes.empty:
         raise ExportError(f"{art.path} changes no weight of this base: nothing for a LoRA to hold")
@@ -135,7 +135,7 @@ def checkpoint_plan(arts: list[Artifact], sd, applies, half: bool, out: Path) ->
     from personalize.export.changes import fold
     from personalize.export.ldm import ldm_state_dict
 
-    fam = family(sd.unet)
+    fam = family(sd)
     vocab = sd.text_encoder.get_input_embeddings().weight.shape[0]
     for art, apply in zip(arts, applies):
         apply(sd, art)
@@ -171,13 +171,13 @@ def export(paths: list[str], fmt: str, *, base: str | None = None, rank: str | i
     else:
         if target.suffix != ".safetensors":
             raise ExportError(f"--out {target}: a {fmt} is written as a .safetensors file")
-        _refuse_existing([target, *embedding_files(arts, target.parent).files], force)  # before the slow part
+        tokens = embedding_files(arts, target.parent)
+        _refuse_existing([target, *tokens.files], force)  # before the slow part
         base, notes = base_of(arts, base)
         sd = load_base(base, local_files_only)
         applies = [record_for_artifact(a, registry).apply for a in arts]
         plan = (lora_plan(arts[0], sd, applies[0], rank, target) if fmt == "lora"
                 else checkpoint_plan(arts, sd, applies, half, target))
-        tokens = embedding_files(arts, target.parent)
         plan.files |= tokens.files
         plan.lines += tokens.lines + notes
     _refuse_existing(list(plan.files), force)

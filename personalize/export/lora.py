@@ -121,7 +121,7 @@ def to_lora(changes: Changes, rank: str | int | None = None) -> LoraExport:
     """The LoRA of `changes`: adapters exactly unless a `rank` is asked for, differences by SVD at `rank`
     (default 16, or the adapters' rank when both come together)."""
     factors = {m: f for m, f in changes.factors.items() if kohya.kohya_name(m)}
-    left_out = {m: float(f.delta(f.up.shape[:1] + f.down.shape[1:]).norm())
+    left_out = {m: float(f.delta().norm())
                 for m, f in changes.factors.items() if m not in factors}
     diffs = {}
     for key, d in changes.diffs.items():
@@ -131,7 +131,7 @@ def to_lora(changes: Changes, rank: str | int | None = None) -> LoraExport:
         else:
             diffs[module] = d
     if rank is not None and factors:  # a new rank for adapters too: their products go through the SVD
-        diffs |= {m: f.delta(f.up.shape[:1] + f.down.shape[1:]) for m, f in factors.items()}
+        diffs |= {m: f.delta() for m, f in factors.items()}
         factors = {}
     r = parse_rank(rank, diffs) or max([f.rank for f in factors.values()] or [DEFAULT_RANK])
     out = LoraExport({}, left_out=left_out, exact=not diffs)

@@ -174,7 +174,7 @@ def add_lora(unet, rank: int, alpha: float, targets: list[str]) -> list[torch.nn
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     if not params:
         raise MethodError(f"lora target_modules {targets} match no module of this UNet (expected e.g. to_k, to_v)")
-    outside = [m for m in lora_modules(unet) if kohya.kohya_name(f"unet.{m}") is None]
+    outside = outside_kohya(lora_modules(unet))
     if outside:
         logger.warning("lora target_modules reach %d layers kohya's loader has no module for (e.g. %s): the "
                        "artifact is written in the diffusers layout, which AUTOMATIC1111, ComfyUI and kohya ignore",
@@ -182,6 +182,11 @@ def add_lora(unet, rank: int, alpha: float, targets: list[str]) -> list[torch.nn
     for p in params:
         p.data = p.data.float()  # trainable LoRA weights stay float32 under mixed precision
     return params
+
+
+def outside_kohya(modules: list[str]) -> list[str]:
+    """The UNet module paths kohya's layout has no module for (personalize.kohya.kohya_name)."""
+    return [m for m in modules if kohya.kohya_name(f"unet.{m}") is None]
 
 
 def lora_modules(unet) -> list[str]:
@@ -200,8 +205,8 @@ def lora_state_dict(unet, rank: int, alpha: float) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     peft_sd = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
-    modules = sorted({k.rsplit(".lora_A.", 1)[0] for k in peft_sd if ".lora_A." in k})
-    if all(kohya.kohya_name(f"unet.{m}") for m in modules):
+    modules = lora_modules(unet)
+    if not outside_kohya(modules):
         return kohya.state_dict({f"unet.{m}": kohya.Factor(peft_sd[f"{m}.lora_A.weight"], peft_sd[f"{m}.lora_B.weight"],
                                                            alpha / rank) for m in modules})
     scale = alpha / rank
