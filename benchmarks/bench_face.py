@@ -59,7 +59,7 @@ def new_person_seconds(encoder: Path, repeats: int = 5) -> float:
     """Load the photo, run MSID + mapping: what a new person costs before generation (median)."""
     from personalize.methods.face2diffusion.edit import FaceEdit
     from personalize.methods.face2diffusion.encoder import FaceEncoder
-    from personalize.toyworld import face_effect
+    from personalize.eval import face_effect
 
     enc = FaceEncoder.load(encoder)
     times = []

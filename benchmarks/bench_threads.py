@@ -21,7 +21,7 @@ MARK = "## Torch threads on the toy world (bench_threads.py)"
 
 
 def time_training(out: Path, steps: int) -> float:
-    from personalize.toyworld.quickstart import examples_dir, learn_person
+    from personalize.eval.quickstart import examples_dir, learn_person
 
     def run(n: int) -> float:
         t = time.perf_counter()

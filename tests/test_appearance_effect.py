@@ -1,4 +1,4 @@
-"""Appearance through text embeddings (personalize.toyworld.appearance): textual inversion on 3 photos of a
+"""Appearance through text embeddings (personalize.eval.appearance): textual inversion on 3 photos of a
 held-out identity asks the model for a person it never saw.
 
 Measured on toy world 1.1 (Judge B, identity 45, 16 images per seed): identity match 1.00, 1.00, 1.00, 0.81,
@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 
-from personalize.toyworld import appearance
+from personalize.eval import appearance
 from personalize.toyworld.judge import Judge
 
 

@@ -9,8 +9,8 @@ this test re-runs seeds 1-3 (about 4 min each on one core)."""
 
 import pytest
 
-from personalize.toyworld import class_tokens
-from personalize.toyworld.stats import means
+from personalize.eval import class_tokens
+from personalize.eval.stats import means
 
 pytestmark = pytest.mark.effect
 

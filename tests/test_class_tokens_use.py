@@ -125,7 +125,7 @@ def test_bad_classes_fail_before_anything_trains(tiny_sd1, tiny_vit, tmp_path, c
 
 
 def test_the_toy_probes_ask_for_the_identity_and_keep_the_other_asks_apart():
-    from personalize.toyworld.class_tokens import IDENTITY, probes, read_as_asked
+    from personalize.eval.class_tokens import IDENTITY, probes, read_as_asked
 
     assert IDENTITY == 18
     p = probes("dct-person", 18)

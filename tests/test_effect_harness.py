@@ -1,4 +1,4 @@
-"""The multi-seed effect harness (personalize.toyworld.stats, personalize.toyworld.effects): hand-computed
+"""The multi-seed effect harness (personalize.eval.stats, personalize.eval.effects): hand-computed
 statistics, a known synthetic effect detected, a null one not (at about the nominal 5 % rate), the report files,
 and the command's errors. No training here: the toy-world effects themselves are in test_*_effect(s).py."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from personalize.toyworld import effects, stats
+from personalize.eval import effects, stats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toyworld"
 
@@ -88,8 +88,8 @@ def test_rows_are_paired_by_seed_not_by_order():
 
 def test_arms_from_config_applies_overrides_to_both_arms():
     arms, train, prompt = effects.arms_from_config(
-        CONFIGS / "sude.yaml", ["--train.learning_rate=3e-4", "--method.sude_weight=2", "--method.base.name=lora"])
-    assert float(train["learning_rate"]) == 3e-4 and arms["regularized"]["sude_weight"] == 2
+        CONFIGS / "sude.yaml", ["--train.learning_rate=3e-4", "--method.lambda_sude=2", "--method.base.name=lora"])
+    assert float(train["learning_rate"]) == 3e-4 and arms["regularized"]["lambda_sude"] == 2
     assert arms["base"] == {"name": "lora"} and arms["regularized"]["base"] == {"name": "lora"}
     assert prompt == "a photo of a sks person" and effects.subject_for(arms) == "face"
     assert effects.subject_for(effects.arms_from_config(CONFIGS / "classdiffusion.yaml")[0]) == "circle"
@@ -114,7 +114,7 @@ def test_mechanism_scores_by_their_definitions(pipe_sd1):
     the subject prompt is +mean((eps_c - eps_u)^2), with the empty prompt as the subject prompt its negative."""
     from PIL import Image
 
-    from personalize.toyworld import mechanism
+    from personalize.eval import mechanism
 
     sd = pipe_sd1.sd
     assert mechanism.text_drift(sd, "a red dog", "a red dog") == pytest.approx(0.0, abs=1e-6)

@@ -10,9 +10,9 @@ which no erasure trains against."""
 
 import pytest
 
+from personalize.eval import erasure
+from personalize.eval.stats import means
 from personalize.resources import config_file
-from personalize.toyworld import erasure
-from personalize.toyworld.stats import means
 
 pytestmark = pytest.mark.effect
 

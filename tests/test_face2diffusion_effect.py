@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import pytest
 
-from personalize.toyworld import face_effect, faces
+from personalize.eval import face_effect
+from personalize.toyworld import faces
 
 
 @pytest.fixture(scope="module")

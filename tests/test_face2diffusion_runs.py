@@ -1,6 +1,6 @@
 """The Face2Diffusion measurement tooling: the sweep's choice rule, an encoder assembled from a checkpoint, the
-id_noise option and the per-attribute probes (training/toyworld_f2d.py, training/toyworld_f2d_effect.py,
-personalize/toyworld/face_effect.py)."""
+id_noise option and the per-attribute probes (training/toyworld/f2d.py, training/toyworld/f2d_effect.py,
+personalize/eval/face_effect.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / "toyworld" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +33,7 @@ def rate(identity: float, asks: float) -> dict:
 
 
 def test_choice_is_the_best_identity_among_candidates_that_follow_the_asks(tmp_path):
-    effect = script("toyworld_f2d_effect")
+    effect = script("f2d_effect")
     a = SimpleNamespace(steps2=3000)
     write_rates(tmp_path, "base", {"checkpoint-1000": rate(0.30, 0.90), "final": rate(0.40, 0.70)})
     write_rates(tmp_path, "noise", {"checkpoint-2000": rate(0.30, 0.95), "final": rate(0.35, 0.85)})
@@ -47,7 +47,7 @@ def test_choice_is_the_best_identity_among_candidates_that_follow_the_asks(tmp_p
 
 
 def test_no_sweep_rates_means_no_choice(tmp_path):
-    assert script("toyworld_f2d_effect").choose(tmp_path, SimpleNamespace(steps2=3000)) is None
+    assert script("f2d_effect").choose(tmp_path, SimpleNamespace(steps2=3000)) is None
 
 
 def test_encoder_from_a_checkpoint_equals_the_run_stopped_there(tmp_path):
@@ -55,7 +55,7 @@ def test_encoder_from_a_checkpoint_equals_the_run_stopped_there(tmp_path):
     from safetensors.torch import load_file
 
     msid = ROOT / "assets" / "toyworld_f2d" / "f2d_msid.safetensors"
-    base = [sys.executable, str(ROOT / "training" / "toyworld_f2d.py"), "--msid", str(msid), "--seed", "3",
+    base = [sys.executable, str(ROOT / "training" / "toyworld" / "f2d.py"), "--msid", str(msid), "--seed", "3",
             "--set", "train.train_batch_size=2", "--set", "method.middle_dim=16"]
 
     def run(*args):
@@ -84,7 +84,7 @@ def test_negative_id_noise_is_refused():
 
 
 def test_attribute_probes_share_the_identity_prompt():
-    from personalize.toyworld import face_effect
+    from personalize.eval import face_effect
     from personalize.toyworld import world as w
 
     p = face_effect.probes(27)

@@ -9,8 +9,8 @@ to the quickstart's acceptance, 0.90."""
 
 import pytest
 
-from personalize.toyworld import quickstart
-from personalize.toyworld.stats import means
+from personalize.eval import quickstart
+from personalize.eval.stats import means
 
 pytestmark = pytest.mark.effect
 

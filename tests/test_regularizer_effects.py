@@ -3,21 +3,21 @@ SuDe's test is in test_regularizer_effects_sude.py, its own module, so that xdis
 
 Each test trains both arms of configs/toyworld/<method>.yaml (the base alone, the base + the regularizer) on
 training seeds 1-3 with the same images, draws the subject in compositions its examples never show, and scores
-them with Judge B (personalize.toyworld.effects.measure); the paired difference per seed gives a mean and a 95 %
-t interval (personalize.toyworld.stats). The configs' hyper-parameters were chosen on training seed 100; the
+them with Judge B (personalize.eval.effects.measure); the paired difference per seed gives a mean and a 95 %
+t interval (personalize.eval.stats). The configs' hyper-parameters were chosen on training seed 100; the
 reported effects (docs/effects.md) are over seeds 1-5, of which these are the first three.
 
 Neither paper's composition effect is reproduced in the toy world (5 seeds, docs/effects.md), so what is asserted
 is (a) what each loss provably does to the model, measured on the tuned model itself
-(personalize.toyworld.mechanism), and (b) that the regularizer costs nothing, with margins of about 3 standard
+(personalize.eval.mechanism), and (b) that the regularizer costs nothing, with margins of about 3 standard
 errors of a 3-seed mean, taken from the 5-seed spread."""
 
 from pathlib import Path
 
 import pytest
 
-from personalize.toyworld.effects import measure
-from personalize.toyworld.stats import effects
+from personalize.eval.effects import measure
+from personalize.eval.stats import effects
 
 pytestmark = pytest.mark.effect  # runs by default; `pytest -m 'not effect'` leaves it out
 

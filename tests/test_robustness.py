@@ -1,4 +1,4 @@
-"""The erasure robustness card (personalize.toyworld.robustness, `personalize erasure-card`): its probes ask what
+"""The erasure robustness card (personalize.eval.robustness, `personalize erasure-card`): its probes ask what
 they say, the attackers' renders are the concept, the erased model folder is the erased model, and an erasure
 that changes nothing gets a card whose erased column equals the base column."""
 
@@ -10,7 +10,7 @@ import torch
 
 from personalize.artifacts import load_artifact, save_artifact
 from personalize.cli import main
-from personalize.toyworld import robustness as r
+from personalize.eval import robustness as r
 from personalize.toyworld import world as w
 
 

@@ -23,8 +23,8 @@ SuppressEOT must edit (`test_toy_model_reads_details_from_the_padding`); real SD
 import pytest
 import torch
 
-from personalize.toyworld.stats import effects, means
-from personalize.toyworld.suppression import ARMS, CASES, measure_sets
+from personalize.eval.stats import effects, means
+from personalize.eval.suppression import ARMS, CASES, measure_sets
 
 pytestmark = pytest.mark.effect  # runs by default; `pytest -m 'not effect'` leaves it out
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from personalize.components import toyworld_dir
+from personalize.profiles import toy_model_dir
 
-TOYWORLD_DIR = toyworld_dir()
+TOYWORLD_DIR = toy_model_dir()
+from personalize.eval.evaluate import ACCEPTANCE, SUITES, evaluate, load_stock_pipeline
 from personalize.toyworld import world as w
-from personalize.toyworld.evaluate import ACCEPTANCE, SUITES, evaluate, load_stock_pipeline
 from personalize.toyworld.judge import HEADS, Judge, scene_targets
 
 
@@ -100,7 +100,7 @@ def test_quickstart_writes_grids_and_a_report(tmp_path):
     report with both columns and every prompt. The shipped photos are the identity's own renders."""
     from PIL import Image
 
-    from personalize.toyworld import quickstart
+    from personalize.eval import quickstart
 
     lines = []
     report = quickstart.run(tmp_path / "qs", seeds=1, train_overrides={"max_train_steps": 5}, say=lines.append)

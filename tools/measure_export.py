@@ -43,7 +43,7 @@ def interval(x: list[float]) -> str:
 def main() -> None:
     from personalize.cpu import TOY_THREADS, configure_threads
     from personalize.toyworld.judge import Judge
-    from personalize.toyworld.quickstart import NEW_PROMPTS, SAMPLING, learn_person, subject_scores, write_examples
+    from personalize.eval.quickstart import NEW_PROMPTS, SAMPLING, learn_person, subject_scores, write_examples
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])

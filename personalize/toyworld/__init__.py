@@ -1,5 +1,6 @@
-"""The bundled toy world: procedural scenes (`world`), the model's layout (`model`), the judges
-(`Judge`), the evaluation suites (`evaluate`) and `personalize quickstart` (`quickstart`)."""
+"""The bundled toy world: procedural scenes (`world`), the model's layout (`model`), its vocabulary
+(`vocabulary`), its faces (`faces`) and the judges (`Judge`). What is measured in it (the evaluation suites,
+the effect harness, `personalize quickstart`) lives in `personalize.eval`."""
 
 
 def __getattr__(name):  # Judge without importing torch at package import

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from personalize.profiles import TOY
 from personalize.toyworld import world as w
 
 SUBJECT = w.Obj("circle", "yellow", "large", "plain", outline=True)
@@ -141,7 +142,7 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
                                          "checkpointing_steps": 100_000} | train,
                                "method": method})
         artifact = run_training(cfg).artifact
-        pipe = load_pipeline("toyworld", device="cpu")
+        pipe = load_pipeline(TOY, device="cpu")
         pipe.add_artifact(str(artifact))
         results[name] = evaluate(pipe, judge, trigger, subject_images, seeds, subject=subject,
                                  sample_seed=sample_seed) | mechanism_scores(pipe, subject, trigger, subject_images)
@@ -149,10 +150,10 @@ def compare(arms: dict[str, dict], out: str | Path, train: dict, n_images: int =
 
 
 def mechanism_scores(pipe, subject: str, trigger: str, subject_images) -> dict[str, float]:
-    """What the regularizers act on, from the tuned model itself (personalize.toyworld.mechanism): the text
+    """What the regularizers act on, from the tuned model itself (personalize.eval.mechanism): the text
     drift of the personalized phrase from its class (ClassDiffusion's SPL target) and the implicit classifier's
     category margin of the subject (SuDe's)."""
-    from personalize.toyworld import mechanism
+    from personalize.eval import mechanism
 
     phrase, class_phrase = ("a photo of a {} person", "a photo of a person") if subject == "face" else \
         ("a {} circle", "a circle")
@@ -234,7 +235,7 @@ def report(rows: list[dict], out: str | Path, reference: str = "base", title: st
     import json
 
     from personalize.atomic import atomic_write_text
-    from personalize.toyworld import stats
+    from personalize.eval import stats
 
     out = Path(out)
     text = f"## {title}\n\n{notes}\n\n" + stats.markdown(rows, reference)
@@ -246,7 +247,7 @@ def report(rows: list[dict], out: str | Path, reference: str = "base", title: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m personalize.toyworld.effects CONFIG --seeds 5 [--first-seed 1] [--sample-seeds 8] [--out DIR]
+    """python -m personalize.eval.effects CONFIG --seeds 5 [--first-seed 1] [--sample-seeds 8] [--out DIR]
     [--subject circle|face] [--images N] [--no-plot] [-- --train.learning_rate=2e-3 ...]"""
     import argparse
     import sys
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from personalize.errors import PersonalizeError
 
     configure_threads(TOY_THREADS)
-    ap = argparse.ArgumentParser(prog="python -m personalize.toyworld.effects",
+    ap = argparse.ArgumentParser(prog="python -m personalize.eval.effects",
                                  description="Measure a regularizer's toy-world effect over training seeds.")
     ap.add_argument("config", help="a config with method.base, e.g. configs/toyworld/classdiffusion.yaml")
     ap.add_argument("--seeds", type=int, default=5, help="number of training seeds (>= 2; 5 to report)")

@@ -5,7 +5,7 @@ network) can show an effect only where the model reads appearance from text. Toy
 of its faces with their appearance ("with short red hair, a round face and tan skin"); this module measures
 whether a learned embedding can then ask for an identity the model never saw:
 
-    python -m personalize.toyworld.appearance --seeds 1 2 3        # mean identity match over training seeds
+    python -m personalize.eval.appearance --seeds 1 2 3        # mean identity match over training seeds
 
 For each training seed: `n` photos of one held-out identity (varied expression and background, no captions:
 textual inversion's templates apply, the token standing for "person"), textual inversion (4 vectors,
@@ -21,6 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
+from personalize.profiles import TOY
 from personalize.toyworld import world as w
 
 IDENTITIES = sorted(w.HELD_OUT_IDENTITIES)
@@ -46,7 +47,7 @@ def write_identity(folder: str | Path, identity: int, n: int = 3) -> Path:
 
 def identity_match(judge, images, identity: int) -> float:
     """Fraction of images that are faces with all four identity attributes of `identity`."""
-    from personalize.toyworld.evaluate import score
+    from personalize.eval.evaluate import score
 
     want = {"kind": "face"} | w.identity_parts(identity)
     return score("identity_words", judge.predict(images), [want] * len(images))
@@ -67,7 +68,7 @@ def textual_inversion_identity(out: str | Path, identity: int, seed: int, judge,
                                      "checkpointing_steps": 100_000} | TRAIN,
                            "method": METHOD})
     artifact = train(cfg).artifact
-    pipe = load_pipeline("toyworld", device="cpu")
+    pipe = load_pipeline(TOY, device="cpu")
 
     def images(prompts: list[str]) -> list:
         return [g.image for g in pipe.generate(prompts, num_images=images_per_prompt, seed=sample_seed,

@@ -4,13 +4,14 @@ scenes with Judge B (the evaluator; no erasure method trains against it).
 The probe prompts here were not used to choose the toy recipes (configs/toyworld/esd.yaml, abo.yaml): those were
 chosen on training seed 100 with other color/background pairings and sampling seeds 11000+ (docs/effects.md,
 "Concept erasure"). `measure` trains each arm on each training seed and returns rows for
-`personalize.toyworld.stats` (paired by seed against the base model, arm "base").
+`personalize.eval.stats` (paired by seed against the base model, arm "base").
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from personalize.profiles import TOY
 from personalize.toyworld import world as w
 
 SAMPLING = {"steps": 25, "guidance_scale": 5.0}
@@ -139,7 +140,7 @@ def measure(arms: dict[str, str], concept: str, seeds: list[int], out: str | Pat
     from personalize.toyworld.judge import Judge
 
     judge, rows, out = Judge.load("b"), [], Path(out)
-    pipe = load_pipeline("toyworld", device="cpu")
+    pipe = load_pipeline(TOY, device="cpu")
     for seed in tqdm(seeds, desc="training seeds", disable=not progress):
         if base:
             rows.append({"arm": "base", "seed": seed} | rates(pipe, judge, concept, per_prompt,

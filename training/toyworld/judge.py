@@ -1,7 +1,7 @@
 """Train the toy world's judges (personalize.toyworld.judge) and write them to assets/toyworld_judge{,_b}.
 
-    python training/toyworld_judge.py --vae outputs/toyworld-train/vae.safetensors --out assets/toyworld_judge
-    python training/toyworld_judge.py --arch judge_b --vae assets/toyworld/vae --seed 4321 --epochs 10
+    python training/toyworld/judge.py --vae outputs/toyworld-train/vae.safetensors --out assets/toyworld_judge
+    python training/toyworld/judge.py --arch judge_b --vae assets/toyworld/vae --seed 4321 --epochs 10
 
 Data: procedural scenes of every combination (held-out ones included: the judge must read them), passed in
 part through the toy VAE so the judge reads generated-looking images as well as clean ones. The two judges see
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scenes(n: int, seed: int) -> list:
@@ -90,7 +90,7 @@ def evaluate(net, x, targets) -> dict[str, float]:
 
 
 def load_vae(path: str):
-    """A diffusers VAE folder or a state-dict file (training/toyworld.py's work folder); None for 'none'."""
+    """A diffusers VAE folder or a state-dict file (training/toyworld/model.py's work folder); None for 'none'."""
     if path == "none":  # clean renders only (quick experiments)
         return None
     if Path(path).is_dir():

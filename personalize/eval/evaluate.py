@@ -1,6 +1,6 @@
 """How well the toy model draws its world, per the judge: the figures of assets/toyworld/README.md.
 
-    python -m personalize.toyworld.evaluate [--model assets/toyworld] [--per-prompt 4] [--steps 25]
+    python -m personalize.eval.evaluate [--model assets/toyworld] [--per-prompt 4] [--steps 25]
 
 Suites (prompts with known answers, fixed seeds), scored by Judge B (the evaluator; `--judge a` for A):
   objects_seen / objects_heldout  single objects: shape and color right (held-out pairs never in training);
@@ -166,13 +166,13 @@ def load_stock_pipeline(model: str):
 
 
 def main() -> None:
-    from personalize.components import toyworld_dir
+    from personalize.profiles import toy_model_dir
     from personalize.cpu import TOY_THREADS, configure_threads
     from personalize.toyworld.judge import Judge
 
     configure_threads(TOY_THREADS)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(toyworld_dir()))
+    parser.add_argument("--model", default=str(toy_model_dir()))
     parser.add_argument("--judge", default="b", help='"b" (the evaluator), "a", or a judge folder')
     parser.add_argument("--per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)

@@ -1,8 +1,8 @@
 """Train the toy world's Face2Diffusion encoder (both stages) and write it to assets/toyworld_f2d/.
 
-    python training/toyworld_f2d.py                      # configs/toyworld/f2d_msid.yaml, then face2diffusion.yaml
-    python training/toyworld_f2d.py --seed 1 --out /tmp/f2d-1 --set method.cgdr=false   # an ablation arm
-    python training/toyworld_f2d.py --seed 1 --out /tmp/f2d-l --set1 method.ext_depths=[3]   # last layer only
+    python training/toyworld/f2d.py                      # configs/toyworld/f2d_msid.yaml, then face2diffusion.yaml
+    python training/toyworld/f2d.py --seed 1 --out /tmp/f2d-1 --set method.cgdr=false   # an ablation arm
+    python training/toyworld/f2d.py --seed 1 --out /tmp/f2d-l --set1 method.ext_depths=[3]   # last layer only
 
 Stage 1 (the MSID encoder, ArcFace) and stage 2 (the mapping network, CGDR + expression guidance) see only the
 128 training identities. Written: f2d_msid.safetensors, face2diffusion.safetensors and metrics.json (seconds
@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def retrieval(msid_file: Path) -> float:

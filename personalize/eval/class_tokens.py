@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personalize.eval.erasure import SAMPLING, read_as_asked
+from personalize.profiles import TOY
 from personalize.toyworld import world as w
-from personalize.toyworld.erasure import SAMPLING, read_as_asked
 
 IDENTITY = sorted(w.HELD_OUT_IDENTITIES)[2]  # 18: round face, brown skin, short brown hair (the tuning identity)
 ASKS = [("a photo of a smiling {} person", {"expression": "smiling"}),
@@ -84,7 +85,7 @@ def measure(seeds: list[int], out: str | Path, identity: int = IDENTITY, per_pro
     from personalize.toyworld.judge import Judge
 
     judges, rows, out = {"a": Judge.load("a"), "b": Judge.load("b")}, [], Path(out)
-    pipe = load_pipeline("toyworld", device="cpu")
+    pipe = load_pipeline(TOY, device="cpu")
     for seed in seeds:
         path = str(train_token(seed, out / f"dct-{seed}", identity, overrides))
         pipe.set_artifacts([path])

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personalize.eval.erasure import SAMPLING, read_as_asked
+from personalize.profiles import TOY
 from personalize.toyworld import faces
 from personalize.toyworld import world as w
-from personalize.toyworld.erasure import SAMPLING, read_as_asked
 
 PHOTO = {"expression": "neutral", "accessory": "none", "background": "white"}
 ASKS = [("{a} a smiling f l", {"expression": "smiling"}), ("{b} a surprised f l", {"expression": "surprised"}),
@@ -98,7 +99,7 @@ def measure_encoder(encoder: str | Path, per_prompt: int = 2, sample_seed: int =
 
     from personalize.methods.face2diffusion.edit import FaceEdit
 
-    pipe, j = load_pipeline("toyworld", device=device), Judge.load(judge)
+    pipe, j = load_pipeline(TOY, device=device), Judge.load(judge)
     enc = load_encoder(encoder, checkpoint).to(device)
     rows = [rates(pipe, j, i, per_prompt, sample_seed + 10 * k, prefixes, {"edits": [FaceEdit(enc, [photo(i)])]},
                   skip=skip) for k, i in enumerate(identities)]
@@ -127,7 +128,7 @@ def train_arm(arm: str, identity: int, seed: int, out: Path, steps: int | None =
     folder = out / "photo"
     folder.mkdir(parents=True, exist_ok=True)
     photo(identity).save(folder / "0.png")
-    cfg = load_config([], {"model": {"pretrained": "toyworld"},
+    cfg = load_config([], {"model": {"pretrained": TOY},
                            "data": {"instance_data_dir": str(folder), "instance_prompt": "a photo of a sks person"},
                            "train": {"output_dir": str(out / "train"), "seed": seed, "report_to": "none",
                                      "checkpointing_steps": 10**6, "train_batch_size": 1} | schedule,
@@ -147,14 +148,14 @@ def measure_arm(arm: str, seed: int, out: str | Path, per_prompt: int = 2, sampl
     j, rows = Judge.load("b"), []
     for k, i in enumerate(identities):
         artifact, seconds = train_arm(arm, i, seed, Path(out) / f"{arm}-{seed}-{i}", steps)
-        pipe = load_pipeline("toyworld", [artifact], device=device)
+        pipe = load_pipeline(TOY, [artifact], device=device)
         rows.append(rates(pipe, j, i, per_prompt, sample_seed + 10 * k, prefixes, {}, ARMS[arm][2], ("base", *skip))
                     | {"seconds": seconds})
     return mean_rows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Rates of one encoder (and its checkpoints) or one arm, as JSON: what training/toyworld_f2d_effect.py
+    """Rates of one encoder (and its checkpoints) or one arm, as JSON: what training/toyworld/f2d_effect.py
     collects. With --encoder the JSON maps "final" and each checkpoint folder's name to its rates."""
     import argparse
     import json

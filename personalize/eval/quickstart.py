@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personalize.profiles import TOY
 from personalize.toyworld import world as w
 
 IDENTITY = 90  # held out from the toy model's training (world.HELD_OUT_IDENTITIES); chosen before measuring
@@ -111,7 +112,7 @@ def run(out: str | Path = "outputs/quickstart", seeds: int = 4, train_overrides:
     out = Path(out)
     photos = examples_dir()
     say(f"[1/5] the toy model draws {len(SAMPLE_PROMPTS)} prompts -> {out / 'samples.png'}")
-    pipe, judge = load_pipeline("toyworld", device="cpu"), Judge.load("b")  # Judge B: the evaluator
+    pipe, judge = load_pipeline(TOY, device="cpu"), Judge.load("b")  # Judge B: the evaluator
 
     def gen(prompts: list[str]) -> list:
         return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, **SAMPLING)]
@@ -148,7 +149,7 @@ def face_step(pipe, face: Path, seeds: int) -> tuple[list, float]:
     from personalize.methods import make_edit
 
     start = time.perf_counter()
-    edit = make_edit("face2diffusion", {"face": [str(face)], "base": "toyworld"})
+    edit = make_edit("face2diffusion", {"face": [str(face)], "base": TOY})
     seconds = time.perf_counter() - start
     prompts = [p.replace("{}person", "f l") for p in NEW_PROMPTS]
     return [g.image for g in pipe.generate(prompts, num_images=seeds, seed=0, edits=[edit], **SAMPLING)], seconds
@@ -214,7 +215,7 @@ Over training seeds and other identities these settings give what docs/effects.m
 def measure(identities: list[int], seeds: list[int], out: str | Path, per_prompt: int = 6,
             progress: bool = True) -> list[dict]:
     """The quickstart's job on other identities and training seeds: rows {"arm": base|personalized,
-    "seed": "<identity>:<seed>", scores...}, paired per row key (personalize.toyworld.stats.effects). Image k
+    "seed": "<identity>:<seed>", scores...}, paired per row key (personalize.eval.stats.effects). Image k
     of each prompt uses sampling seed 7000 + seed + k in both arms."""
     from tqdm.auto import tqdm
 
@@ -226,7 +227,7 @@ def measure(identities: list[int], seeds: list[int], out: str | Path, per_prompt
                                disable=not progress):
         photos = write_examples(out / f"{identity}-{seed}" / "photos", identity)
         artifact = learn_person(photos, out / f"{identity}-{seed}", {"seed": seed})
-        pipe = load_pipeline("toyworld", device="cpu")
+        pipe = load_pipeline(TOY, device="cpu")
         for arm, word in (("base", ""), ("personalized", "sks ")):
             if word:
                 pipe.add_artifact(str(artifact))

@@ -1,8 +1,8 @@
 """Face2Diffusion's toy-world measurement (issue 19), as many runs in parallel: a tuning sweep on training seed 0,
 then the chosen recipe, its ablations and the one-shot tuning arms on training seeds 1-5.
 
-    python training/toyworld_f2d_effect.py --out outputs/f2d-effect --slots 12 --deadline 480   # a GPU machine
-    python training/toyworld_f2d_effect.py --out /tmp/f2d-smoke --tiny                          # plumbing only
+    python training/toyworld/f2d_effect.py --out outputs/f2d-effect --slots 12 --deadline 480   # a GPU machine
+    python training/toyworld/f2d_effect.py --out /tmp/f2d-smoke --tiny                          # plumbing only
 
 1. **Sweep** (seed 0, the tuning prompts "a photo of ...", sampling seeds 9000+): stage-1 and stage-2 variants
    (`SWEEP`), each stage-2 run measured at its checkpoints and its end.
@@ -12,7 +12,7 @@ then the chosen recipe, its ablations and the one-shot tuning arms on training s
    ablations (no expression guidance, no CGDR, the last block's CLS alone) and one-shot DreamBooth / textual
    inversion on the same photos (`face_effect.ARMS`).
 
-Each job is a process (`training/toyworld_f2d.py`, `python -m personalize.toyworld.face_effect`); what a job
+Each job is a process (`training/toyworld/f2d.py`, `python -m personalize.eval.face_effect`); what a job
 writes stays under --out; `results.json` gathers every rate. Jobs still running at --deadline seconds are
 stopped and reported as missing.
 """
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 SEEDS = [1, 2, 3, 4, 5]
 # stage-1 variants (overrides of configs/toyworld/f2d_msid.yaml) and stage-2 variants on them
@@ -48,14 +48,14 @@ class Job:
 
 def stage1_job(out: Path, name: str, seed: int, set1: list[str]) -> Job:
     d = out / name
-    return Job(name, [PY, str(ROOT / "training" / "toyworld_f2d.py"), "--seed", str(seed), "--out", str(d / "art"),
+    return Job(name, [PY, str(ROOT / "training" / "toyworld" / "f2d.py"), "--seed", str(seed), "--out", str(d / "art"),
                       "--work", str(d / "work"), "--stage1-only", *[x for s in set1 for x in ("--set1", s)]])
 
 
 def train_job(out: Path, name: str, seed: int, set2: list[str], steps: int, every: int, msid_from: str) -> Job:
     """Stage 2 on `msid_from`'s stage-1 file, with checkpoints every `every` steps."""
     d = out / name
-    cmd = [PY, str(ROOT / "training" / "toyworld_f2d.py"), "--seed", str(seed), "--out", str(d / "art"),
+    cmd = [PY, str(ROOT / "training" / "toyworld" / "f2d.py"), "--seed", str(seed), "--out", str(d / "art"),
            "--work", str(d / "work"), "--set", f"train.max_train_steps={steps}",
            "--set", f"train.checkpointing_steps={every}", "--set", "train.validation_prompt=null",
            "--msid", str(out / msid_from / "art" / "f2d_msid.safetensors"), *[x for s in set2 for x in ("--set", s)]]
@@ -65,7 +65,7 @@ def train_job(out: Path, name: str, seed: int, set2: list[str], steps: int, ever
 def eval_job(out: Path, name: str, steps: int, every: int, prompts: str, sample_seed: int, extra: list[str]) -> Job:
     d = out / name
     checkpoints = [str(d / "work" / "map" / f"checkpoint-{k}") for k in range(every, steps, every)]
-    cmd = [PY, "-m", "personalize.toyworld.face_effect", "--encoder", str(d / "art" / "face2diffusion.safetensors"),
+    cmd = [PY, "-m", "personalize.eval.face_effect", "--encoder", str(d / "art" / "face2diffusion.safetensors"),
            "--checkpoint", *checkpoints, "--prompts", prompts, "--sample-seed", str(sample_seed),
            "--out", str(d / "rates.json"), *extra]
     return Job(name + ":eval", cmd, (name,))
@@ -110,7 +110,7 @@ def arm_jobs(out: Path, a) -> list[Job]:
     from personalize.toyworld import faces
 
     halves = [faces.HELD_OUT[:8], faces.HELD_OUT[8:]] if not a.tiny else [faces.HELD_OUT[:1]]
-    return [Job(f"arm-{arm}-{seed}-{h}", [PY, "-m", "personalize.toyworld.face_effect", "--arm", arm, "--seed",
+    return [Job(f"arm-{arm}-{seed}-{h}", [PY, "-m", "personalize.eval.face_effect", "--arm", arm, "--seed",
                                           str(seed), "--work", str(out / "arms"), "--identities", *map(str, ids),
                                           "--out", str(out / "arms" / f"{arm}-{seed}-{h}.json"), *a.eval_extra,
                                           *a.arm_extra])

@@ -6,7 +6,7 @@ prompts and seeds are generated under several arms (no suppression, a plain nega
 each arm the result is the detection rate of the suppressed attribute and the rate of each kept attribute,
 pooled over the cases.
 
-    from personalize.toyworld.suppression import CASES, ARMS, measure
+    from personalize.eval.suppression import CASES, ARMS, measure
     measure(load_pipeline("toyworld"), Judge.load("b"), CASES, ARMS, seeds=12)
 """
 
@@ -100,7 +100,7 @@ def measure_sets(pipe, judge, cases: list[Case], arms: dict[str, dict], sets: in
                  first_seed: int = 5000, progress: bool = False) -> list[dict]:
     """Rows {"arm", "seed": set index, rates...} for `stats.effects`: set k draws every case with sampling seeds
     first_seed + k * per_set + (0..per_set-1), the same in every arm (so arms are paired by set)."""
-    from personalize.toyworld.effects import grid
+    from personalize.eval.effects import grid
 
     def one_set(k):
         start = first_seed + k * per_set

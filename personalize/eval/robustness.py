@@ -30,9 +30,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from personalize.toyworld import erasure
+from personalize.eval import erasure
+from personalize.eval.erasure import attribute
+from personalize.profiles import TOY
 from personalize.toyworld import world as w
-from personalize.toyworld.erasure import attribute
 
 SAMPLING = erasure.SAMPLING
 TRIGGER = "sks"
@@ -146,7 +147,7 @@ def erased_model(artifact: str | Path, folder: str | Path) -> Path:
     """The toy model with the erasure applied, written as a diffusers folder: the attackers' base model."""
     from personalize.pipeline import load_pipeline
 
-    pipe = load_pipeline("toyworld", artifacts=[str(artifact)], device="cpu")
+    pipe = load_pipeline(TOY, artifacts=[str(artifact)], device="cpu")
     pipe.sd.save_pretrained(str(folder), safe_serialization=True)
     return Path(folder)
 
@@ -190,14 +191,14 @@ def card(artifact: str | Path, out: str | Path, concept: str | None = None, per_
     from personalize.toyworld.judge import Judge
 
     art, out = load_artifact(artifact), Path(out)
-    if art.metadata.get("base_model") != "toyworld" or art.kind != "diff":
+    if art.metadata.get("base_model") != TOY or art.kind != "diff":
         raise ValueError(f"{artifact}: the robustness card scores erasure artifacts of the toy world "
                          f"(kind 'diff', base 'toyworld'); got kind {art.kind!r}, "
                          f"base {art.metadata.get('base_model')!r}")
     concept = concept or concept_of(art)
     attribute(concept)  # an unknown concept fails here, before anything is written
-    judge, base = Judge.load("b"), load_pipeline("toyworld", device="cpu")
-    erased = load_pipeline("toyworld", artifacts=[str(artifact)], device="cpu")
+    judge, base = Judge.load("b"), load_pipeline(TOY, device="cpu")
+    erased = load_pipeline(TOY, artifacts=[str(artifact)], device="cpu")
     pipes = {"erased": erased} | _attacked(art, concept, out / "attacks", train_seed, attack_steps or {})
     rows, settings = [], SAMPLING | {"steps": steps}
     for probe in probes(concept):
@@ -232,7 +233,7 @@ def _grid_path(out: Path, name: str) -> Path:
 
 
 def _grid(probe: Probe, base_images: list, images: list, per_prompt: int):
-    from personalize.toyworld.quickstart import labelled_grid
+    from personalize.eval.quickstart import labelled_grid
 
     rows, labels = [], []
     for k, (prompt, _) in enumerate(probe.items):

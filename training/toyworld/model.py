@@ -1,6 +1,6 @@
 """Train the toy world's text-to-image model and write it to assets/toyworld.
 
-    python training/toyworld.py --work outputs/toyworld-train --ship assets/toyworld
+    python training/toyworld/model.py --work outputs/toyworld-train --ship assets/toyworld
 
 Stages, each resumable (re-running skips finished stages and continues the UNet from its last checkpoint):
   1. render N procedural images + captions (personalize.toyworld.world), seeded;
@@ -11,9 +11,9 @@ Stages, each resumable (re-running skips finished stages and continues the UNet 
 With `--finetune-from assets/toyworld` stage 2 is skipped (that model's VAE and latent scaling are kept) and
 stage 3 continues from its UNet and text encoder (EMA restarted from them) on freshly rendered captions:
 
-    python training/toyworld.py --finetune-from assets/toyworld --work outputs/toyworld-finetune \
+    python training/toyworld/model.py --finetune-from assets/toyworld --work outputs/toyworld-finetune \
         --seed 1 --unet-steps 6000 --lr 3e-4 --warmup 200
-The judges are trained by training/toyworld_judge.py.
+The judges are trained by training/toyworld/judge.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "clip_tokenizer"
 
 
