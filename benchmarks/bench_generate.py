@@ -89,13 +89,13 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="toyworld or a diffusers folder (default: tiny SD1, 768)")
     args = parser.parse_args()
 
-    from personalize.components import toyworld_dir
+    from personalize.profiles import toy_model_dir
     from personalize.tiny import save_tiny_model
 
     if args.device == "cpu":
         torch.set_num_threads(1)  # steadier timings on a shared 2-core machine
     with tempfile.TemporaryDirectory() as tmp:
-        model = {"toyworld": toyworld_dir(), None: None}.get(args.base, args.base)
+        model = {"toyworld": toy_model_dir(), None: None}.get(args.base, args.base)
         model = model or save_tiny_model(Path(tmp) / "tiny", ROOT / "tests" / "fixtures" / "clip_tokenizer", "sd1")
         plain, ours, dtype = load_both(model, args.device)
         runs = arms(plain, ours, PROMPT, args.steps)

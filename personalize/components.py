@@ -4,7 +4,7 @@
   (a) a diffusers folder (has `model_index.json`),
   (b) a hub id `org/name` (cache first; the network only when `local_files_only` is False),
   (c) a single-file `.safetensors` checkpoint (diffusers' `from_single_file`),
-  (d) `toyworld`, the bundled tiny model in `assets/toyworld/`.
+  (d) the name of a bundled model (`personalize.profiles`: the toy world's tiny model in `assets/toyworld/`).
 Everything is loaded by diffusers/transformers exactly as they load it themselves; we only choose the route
 and turn their errors into ones that say what was given and what was expected.
 """
@@ -20,10 +20,15 @@ from urllib.parse import urlparse
 
 import torch
 
+from personalize.artifacts import PICKLE_SUFFIXES
 from personalize.errors import PersonalizeError
+from personalize.profiles import TOY, profile_for
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# the one table of dtype names: `load_pipeline(dtype=...)`/--dtype, and accelerate's `train.mixed_precision`
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
+MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 class ComponentsError(PersonalizeError):
@@ -55,24 +60,18 @@ class Components:
         }
 
 
-def toyworld_dir() -> Path:
-    """The bundled toy model's folder (personalize.resources: checkout, installed copy or $PERSONALIZE_DATA)."""
-    from personalize.resources import asset
-
-    return asset("toyworld")
-
-
 def resolve_pretrained(pretrained: str) -> tuple[str, str]:
     """Classify `pretrained` -> (kind, location) with kind in folder|single_file|hub."""
-    if pretrained == "toyworld":
-        toy = toyworld_dir()
-        if not (toy / "model_index.json").is_file():
+    bundled = profile_for(pretrained).model_dir
+    if bundled is not None:
+        folder = bundled()
+        if not (folder / "model_index.json").is_file():
             raise ComponentsError(
-                f"model.pretrained='toyworld' needs the bundled model in {toy}, which is not there (a checkout "
-                "builds it with training/toyworld.py; an installed package carries it, or set $PERSONALIZE_DATA); "
-                "pass a diffusers folder, a hub id or a .safetensors file"
+                f"model.pretrained={pretrained!r} needs the bundled model in {folder}, which is not there (a "
+                "checkout builds it with training/toyworld/model.py; an installed package carries it, or set "
+                "$PERSONALIZE_DATA); pass a diffusers folder, a hub id or a .safetensors file"
             )
-        return "folder", str(toy)
+        return "folder", str(folder)
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -95,7 +94,7 @@ def resolve_pretrained(pretrained: str) -> tuple[str, str]:
         return "hub", pretrained
     raise ComponentsError(
         f"model.pretrained='{pretrained}' was not found: expected an existing diffusers folder, "
-        "a .safetensors checkpoint, a hub id like 'org/name', or 'toyworld'"
+        f"a .safetensors checkpoint, a hub id like 'org/name', or {TOY!r}"
     )
 
 
@@ -156,7 +155,7 @@ def _load_single_file(path: str, config: str | None, local_files_only: bool, kwa
 
 
 def load_components(
-    pretrained: str = "toyworld",
+    pretrained: str = TOY,
     *,
     revision: str | None = None,
     variant: str | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ from typing import Any
 import yaml
 
 from personalize.errors import PersonalizeError
+from personalize.profiles import TOY
+
+logger = logging.getLogger(__name__)
+# old key -> its name now: loss weights are `lambda_<term>` everywhere (the old names still read, with a warning)
+RENAMED = {"train.prior_loss_weight": "train.lambda_prior"}
 
 
 class ConfigError(PersonalizeError):
@@ -28,8 +34,8 @@ class ConfigError(PersonalizeError):
 
 @dataclass
 class ModelConfig:
-    # diffusers folder, hub id, single-file .safetensors/.ckpt checkpoint, or "toyworld"
-    pretrained: str = "toyworld"
+    # diffusers folder, hub id, single-file .safetensors checkpoint, or a bundled model's name (the toy world)
+    pretrained: str = TOY
     revision: str | None = None
     variant: str | None = None
     # never contact the hub; a local path is always loaded with local_files_only=True
@@ -73,7 +79,7 @@ class TrainConfig:
     enable_xformers_memory_efficient_attention: bool = False
     use_8bit_adam: bool = False
     with_prior_preservation: bool = False
-    prior_loss_weight: float = 1.0
+    lambda_prior: float = 1.0  # the prior-preservation term's weight (diffusers' --prior_loss_weight)
     snr_gamma: float | None = None
     offset_noise: bool = False  # add 0.1 * per-channel noise (train_dreambooth.py --offset_noise)
     cache_latents: bool = False  # encode each image (and flip) once; needs center_crop
@@ -150,6 +156,10 @@ def _merge(obj: Any, diff: dict, prefix: str = "") -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in diff.items():
         dotted = f"{prefix}{key}"
+        if dotted in RENAMED:
+            logger.warning("config key '%s' is now '%s' (the old name is deprecated)", dotted, RENAMED[dotted])
+            dotted = RENAMED[dotted]
+            key = dotted.rsplit(".", 1)[-1]
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'; known keys here: {', '.join(names)}")
         current = getattr(obj, key)

@@ -43,11 +43,6 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, n)
 
 
-def threads_cap(base: str) -> int | None:
-    """The `max_threads` for work on `base`: TOY_THREADS on the toy world, no extra cap otherwise."""
-    return TOY_THREADS if base == "toyworld" else None
-
-
 def configure_threads(max_threads: int | None = None, environ: dict | None = None) -> int:
     """Set torch's intra-op threads to OMP_NUM_THREADS when it is set (a positive integer), else to
     min(torch's default, available_cpus(), max_threads). Returns the count in use."""

@@ -256,10 +256,10 @@ def _merge_boxes(boxes: list[dict]) -> list[dict]:
     return kept
 
 
-def detector_spec(spec: str | None, base: str = "") -> str:
-    """The detector a face photo gets: `spec`, else "none" on the toy world (its photos are aligned toy crops) and
-    insightface's default pack on any other base."""
-    return (str(spec).strip() if spec else "") or ("none" if base == "toyworld" else DEFAULT_PACK)
+def detector_spec(spec: str | None, default: str = "") -> str:
+    """The detector a face photo gets: `spec`, else the base's `default` (its profile's `face_detector`: "none"
+    on the toy world, whose photos are aligned crops), else insightface's default pack."""
+    return (str(spec).strip() if spec else "") or default or DEFAULT_PACK
 
 
 def resolve_detector(spec: str | None):

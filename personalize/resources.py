@@ -34,7 +34,7 @@ def data_root() -> Path:
 
 
 def asset(*parts: str) -> Path:
-    """`assets/<parts>` in the data root, e.g. asset("toyworld"), asset("examples", "outlined-circle")."""
+    """`assets/<parts>` in the data root, e.g. asset("examples", "outlined-circle")."""
     return data_root().joinpath("assets", *parts)
 
 

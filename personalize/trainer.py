@@ -34,11 +34,11 @@ class TrainResult:
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
-    """The frozen weights' dtype for `train.mixed_precision` (the methods' own table, `blocks.DTYPES`)."""
-    from personalize.methods.blocks import DTYPES
+    """The frozen weights' dtype for `train.mixed_precision` (the one table, `components.DTYPES`)."""
+    from personalize.components import DTYPES, MIXED_PRECISION
 
-    if mixed_precision not in DTYPES:
-        raise TrainError(f"train.mixed_precision={mixed_precision!r}; expected one of {', '.join(DTYPES)}")
+    if mixed_precision not in MIXED_PRECISION:
+        raise TrainError(f"train.mixed_precision={mixed_precision!r}; expected one of {', '.join(MIXED_PRECISION)}")
     return DTYPES[mixed_precision]
 
 
@@ -188,20 +188,20 @@ class _Run:
     step: int
 
 
-def _toyworld_note(config) -> None:
-    """A config written for a real model (prompts of dogs) run on the default toy world: say so, once."""
-    if config.model.pretrained != "toyworld":
-        return
-    from personalize.toyworld import vocabulary
+def _vocabulary_note(config) -> None:
+    """A config written for another model (prompts of dogs) run on a base whose profile knows its vocabulary (the
+    default toy world): say so, once."""
+    from personalize.profiles import profile_for
 
+    profile = profile_for(config.model.pretrained)
+    if profile.unknown_words is None:
+        return
     prompts = [p.replace("{}", "") for p in (config.data.instance_prompt, config.data.class_prompt,
                                              config.train.validation_prompt) if p]
     trigger = ["sks"] + [str(v) for k, v in config.method.items() if k in ("placeholder_token", "modifier_token")]
-    unknown = vocabulary.unknown_in(prompts, vocabulary.vocabulary(), trigger)
+    unknown = profile.unknown_words(prompts, trigger)
     if unknown:
-        logger.warning("note: training on the toy world (model.pretrained=toyworld, the default), whose prompts "
-                       "never use %s; a config for a real model needs --model.pretrained=path/to/sd15",
-                       ", ".join(repr(u) for u in unknown))
+        logger.warning("note: %s", profile.training_note.format(words=", ".join(repr(u) for u in unknown)))
 
 
 def _setup(config, registry: dict | None) -> _Run:
@@ -213,7 +213,7 @@ def _setup(config, registry: dict | None) -> _Run:
 
     train_cfg = config.train
     check_train_config(train_cfg)
-    _toyworld_note(config)
+    _vocabulary_note(config)
     method = build_method(config, registry or REGISTRY)  # options and data checked before anything is loaded
     accelerator = make_accelerator(train_cfg)
     resume = resolve_resume(train_cfg.resume_from_checkpoint, train_cfg.output_dir)

@@ -115,10 +115,10 @@ def test_a_transformers_classifier_is_frozen_names_its_classes_and_passes_gradie
 
 
 def test_the_toy_judge_as_classifier_reads_a_rendered_identity():
-    from personalize.methods.class_tokens.classifiers import identity_target, judge_classifier
+    from personalize.methods.class_tokens.classifiers import bundled_classifier, identity_target
     from personalize.toyworld import world as w
 
-    clf = judge_classifier("a")
+    clf = bundled_classifier("toyworld-a")
     identity = sorted(w.HELD_OUT_IDENTITIES)[5]
     target = clf.target(identity_target(identity))
     assert set(target) == {"kind", "face_shape", "skin", "hair_color", "hair_style"}

@@ -121,14 +121,14 @@ def test_generate_on_the_toy_world_prints_the_hint(tmp_path, caplog):
 
 def test_a_real_model_config_on_the_toy_world_says_so(caplog, tmp_path):
     from personalize.config import load_config
-    from personalize.trainer import _toyworld_note
+    from personalize.trainer import _vocabulary_note
 
     with caplog.at_level(logging.WARNING, logger="personalize.trainer"):
-        _toyworld_note(load_config(["configs/sude.yaml"]))
+        _vocabulary_note(load_config(["configs/sude.yaml"]))
     assert "'dog'" in caplog.text and "--model.pretrained" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="personalize.trainer"):
-        _toyworld_note(load_config(["configs/toyworld/sude.yaml"]))
+        _vocabulary_note(load_config(["configs/toyworld/sude.yaml"]))
     assert caplog.text == ""
 
 

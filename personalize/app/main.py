@@ -14,7 +14,9 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="personalize app", description="The personalize Gradio app.")
-    p.add_argument("--base", default="toyworld", help="diffusers folder, hub id, .safetensors file or 'toyworld'")
+    from personalize.profiles import TOY
+
+    p.add_argument("--base", default=TOY, help="diffusers folder, hub id, .safetensors file or 'toyworld'")
     p.add_argument("--artifacts-dir", default="embeddings", help="folder scanned for .safetensors artifacts")
     p.add_argument("--outputs-dir", default="outputs/app", help="where 'Save' writes PNGs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -32,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_app(args):
-    """(demo, launch kwargs) for parsed `args`: the pipeline is loaded here, once."""
+def make_app(args, registry: dict | None = None):
+    """(demo, launch kwargs) for parsed `args`: the pipeline is loaded here, once; `registry`: the method
+    registry the app offers (default: `personalize.methods.REGISTRY`)."""
     from pathlib import Path
 
     from personalize.app import ui
@@ -45,7 +48,7 @@ def make_app(args):
     outputs = Path(args.outputs_dir)
     outputs.mkdir(parents=True, exist_ok=True)
     Path(args.artifacts_dir).mkdir(parents=True, exist_ok=True)
-    demo = ui.build(Studio(pipe, args.artifacts_dir, outputs, args.face_detector))
+    demo = ui.build(Studio(pipe, args.artifacts_dir, outputs, args.face_detector, registry))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     launch = {"server_name": args.host, "server_port": args.port, "share": args.share,
               "max_file_size": args.max_file_size, "allowed_paths": [str(outputs.resolve())]}
@@ -53,13 +56,14 @@ def make_app(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from personalize.cpu import configure_threads, threads_cap
+    from personalize.cpu import configure_threads
     from personalize.errors import PersonalizeError
+    from personalize.profiles import profile_for
     from personalize.quiet import quiet
 
     quiet()
     args = build_parser().parse_args(argv)
-    configure_threads(threads_cap(args.base))
+    configure_threads(profile_for(args.base).max_threads)
     try:
         import gradio  # noqa: F401
     except ImportError:

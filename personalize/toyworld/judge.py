@@ -11,7 +11,7 @@ on differently augmented procedural images.
     judge.identity_embedding(images)          # (N, 14) unit vectors: the toy analogue of ArcFace
 
 Heads apply to one kind of scene each (object heads to single objects, face heads to faces, pair heads to
-two-object scenes); `predict` returns the heads of the kind it sees. Trained by training/toyworld_judge.py.
+two-object scenes); `predict` returns the heads of the kind it sees. Trained by training/toyworld/judge.py.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Judge:
         folder = Path(asset(FOLDERS[folder]) if folder in FOLDERS else folder)
         path = folder / "judge.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"no judge at {path}: expected a folder written by training/toyworld_judge.py")
+            raise FileNotFoundError(f"no judge at {path}: expected a folder written by training/toyworld/judge.py")
         with safe_open(str(path), "pt") as f:
             arch = (f.metadata() or {}).get("architecture", "judge_a")
         if arch not in ARCHITECTURES:
@@ -196,3 +196,20 @@ def accuracy(predictions: list[dict], expected: list[dict]) -> dict[str, float]:
     """Per attribute named in `expected`, the fraction of images whose prediction matches."""
     keys = sorted({k for e in expected for k in e})
     return {k: float(np.mean([p.get(k) == e[k] for p, e in zip(predictions, expected) if k in e])) for k in keys}
+
+
+def classifier_parts(which: str = "a") -> dict:
+    """A judge ("a": Judge A, the steering classifier; "b": Judge B, the evaluator) as an image classifier's
+    parts: {name, net, heads (head -> class names), forward}; `forward` takes images in [0, 1], resizes them to
+    the judge's 32 px and maps them to [-1, 1], and returns {head: logits}."""
+    judge = Judge.load(which)
+    judge.net.requires_grad_(False).eval()
+
+    def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images.float()
+        if tuple(x.shape[-2:]) != (w.SIZE, w.SIZE):
+            x = torch.nn.functional.interpolate(x, size=(w.SIZE, w.SIZE), mode="bilinear", antialias=True)
+        return judge.net(x * 2 - 1)[1]
+
+    return {"name": f"toyworld judge {which}", "net": judge.net, "heads": {h: list(v[0]) for h, v in HEADS.items()},
+            "forward": forward}

@@ -52,6 +52,13 @@ def identity_parts(identity: int) -> dict[str, str]:
     return {"face_shape": shape, "skin": skin, "hair_color": hair_color, "hair_style": HAIR_STYLES[i % 3]}
 
 
+def identity_target(identity: int) -> dict[str, str]:
+    """The judges' head targets of a face identity: a face with its four appearance attributes."""
+    if not 0 <= identity < N_IDENTITIES:
+        raise ValueError(f"the toy world's identities are 0..{N_IDENTITIES - 1}, got {identity}")
+    return {"kind": "face"} | identity_parts(identity)
+
+
 @dataclass
 class Obj:
     shape: str

@@ -83,29 +83,20 @@ def hf_classifier(location: str, local_files_only: bool = True) -> Classifier:
     return Classifier(location, model, {"logits": labels}, forward)
 
 
-def judge_classifier(which: str = "a") -> Classifier:
-    """The toy world's judge ("a": Judge A, the steering classifier; "b": Judge B, the evaluator) as a classifier
-    with one head per attribute; images are resized to its 32 px and mapped to [-1, 1]."""
-    from personalize.toyworld.judge import HEADS, Judge
-    from personalize.toyworld.world import SIZE
+def bundled_classifier(name: str) -> Classifier | None:
+    """A classifier bundled with the project (`personalize.profiles.bundled_classifier`: the toy world's Judge A
+    and Judge B, one head per attribute), or None when `name` names none."""
+    from personalize.profiles import bundled_classifier as parts_of
 
-    judge = Judge.load(which)
-    judge.net.requires_grad_(False).eval()
-
-    def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = images.float()
-        if tuple(x.shape[-2:]) != (SIZE, SIZE):
-            x = torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True)
-        return judge.net(x * 2 - 1)[1]
-
-    return Classifier(f"toyworld judge {which}", judge.net, {h: list(v[0]) for h, v in HEADS.items()}, forward)
+    parts = parts_of(name)
+    return None if parts is None else Classifier(parts["name"], parts["net"], parts["heads"], parts["forward"])
 
 
 def identity_target(identity: int) -> dict[str, str]:
-    """The judge-head target of a toy-world face identity: a face with its four appearance attributes."""
-    from personalize.toyworld.world import N_IDENTITIES, identity_parts
+    """The bundled judges' head target of a toy-world face identity: a face with its four appearance attributes."""
+    from personalize.profiles import identity_target as target
 
-    if not 0 <= identity < N_IDENTITIES:
-        raise MethodError(f"method.target='identity:{identity}': the toy world's identities are 0..{N_IDENTITIES - 1}")
-    parts = identity_parts(identity)
-    return {"kind": "face"} | {k: parts[k] for k in ("face_shape", "skin", "hair_color", "hair_style")}
+    try:
+        return target(identity)
+    except ValueError as err:
+        raise MethodError(f"method.target='identity:{identity}': {err}") from None

@@ -41,7 +41,7 @@ TEMPLATES = ["A photo of {}", "a high resolution realistic image of {}", "A clos
 @dataclass
 class Options:
     name: str = "dct"
-    classifier: str = "google/vit-large-patch16-224"  # a transformers image classifier, or "toyworld" (Judge A)
+    classifier: str = "google/vit-large-patch16-224"  # a transformers image classifier, or a bundled one (profiles.BUNDLED_CLASSIFIERS)
     target: str = ""  # the class: a label, its first synonym, or an index; toy world: "identity:<n>"
     class_name: str = ""  # the word after the token (default: the label's first synonym; toy world: "person")
     placeholder_token: str = ""  # the trigger (default "dct-<class name>"): one per class, so they load together
@@ -57,7 +57,7 @@ class Options:
     patience: int = 15
     stop_accuracy: float = 0.7
     collapse_factor: float = 2.0
-    eval_classifier: str = ""  # a second classifier (toy world: "toyworld-b"), reported beside the steering one
+    eval_classifier: str = ""  # a second classifier (the toy world's Judge B), reported beside the steering one
     eval_images: int = 8  # images the kept token draws for that report, on noises training never used
 
 
@@ -78,9 +78,7 @@ def check_options(o: Options) -> None:
 
 
 def load_classifier(name: str, local_files_only: bool) -> classifiers.Classifier:
-    if name in ("toyworld", "toyworld-a", "toyworld-b"):
-        return classifiers.judge_classifier("b" if name.endswith("-b") else "a")
-    return classifiers.hf_classifier(name, local_files_only)
+    return classifiers.bundled_classifier(name) or classifiers.hf_classifier(name, local_files_only)
 
 
 def identity_number(o: Options) -> int | None:
@@ -123,15 +121,14 @@ class DCT:
         from diffusers import DDIMScheduler
 
         c, o = components, self.o
-        self.c, self.accelerator, self.device = c, accelerator, accelerator.device
-        self.dtype = blocks.weight_dtype(accelerator)
+        self.c, self.accelerator = c, accelerator
+        self.device, self.dtype = blocks.frozen_setup(c, accelerator)
         self.clf = load_classifier(o.classifier, config.model.local_files_only)
         self.target, self.word = resolve_target(self.clf, o)
         if o.eval_classifier:  # loaded now, so that a class it lacks fails before training
             self.held = load_classifier(o.eval_classifier, config.model.local_files_only)
             self.held_target = resolve_target(self.held, o)[0]
         self.token = trigger(o, self.word)
-        blocks.freeze(c.vae, c.unet, c.text_encoder)
         self.rows = TokenRows.add(c.tokenizer, c.text_encoder, [(self.token, o.initializer_token, 1)])
         self.param = self.rows.make_trainable(c.text_encoder)  # (1, width) fp32: the only trainable tensor
         blocks.place((c.vae, c.unet, c.text_encoder), self.device, self.dtype)
@@ -253,3 +250,9 @@ class DCT:
 
 def build(options: Options, config) -> DCT:
     return DCT(options, config)
+
+
+def describe(art) -> dict:
+    """What the app shows of a class token: the class it was steered toward (its `target_label` metadata)."""
+    label = art.metadata.get("target_label", "")
+    return {"note": f"class: {label}"} if label else {}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from personalize.methods.base import MethodError
+from personalize.profiles import TOY
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SIDE_FILES = (".face", ".mask")
@@ -38,8 +39,8 @@ def scan_folder(root: str | Path) -> tuple[list[FaceItem], list[str]]:
     """(photos, person names): every photo of every `<root>/<person>/`, sorted; a clear error when empty."""
     root = Path(root)
     if not root.is_dir():
-        raise MethodError(f"method.data={str(root)!r} is not a folder: expected 'toyworld' or a folder of identities "
-                          "(<person>/<k>.png, see personalize/methods/face2diffusion/data.py)")
+        raise MethodError(f"method.data={str(root)!r} is not a folder: expected {TOY!r} (the bundled face data) "
+                          "or a folder of identities (<person>/<k>.png, see personalize/methods/face2diffusion/data.py)")
     people = sorted(p.name for p in root.iterdir() if p.is_dir())
     items = [FaceItem(f, k) for k, person in enumerate(people) for f in sorted((root / person).iterdir())
              if f.suffix.lower() in SUFFIXES and not f.stem.endswith(SIDE_FILES)]
@@ -101,14 +102,23 @@ class FolderSource:
         sample["flip"] = random.Random(seed * 1_000_003 + index).random() < 0.5
         return sample
 
+    def validation_photo(self):
+        """The photo the validation images use when `method.validation_face` is not set: the first one."""
+        return str(self.items[0].photo)
 
-class ToySource:
-    """The toy world's training identities (never the 16 held out), each draw a new photo."""
 
-    def __init__(self, with_mask: bool = True):
-        from personalize.toyworld import faces
+class BundledSource:
+    """A bundled face dataset's training identities (the toy world's: never its 16 held out), each draw a new
+    photo. `faces` is what `personalize.profiles.bundled_face_data` returns."""
 
+    def __init__(self, faces, with_mask: bool = True):
         self.faces, self.identities, self.with_mask = faces, faces.TRAIN_IDENTITIES, with_mask
+
+    def validation_photo(self):
+        """A held-out identity's photo (one the encoder never trains on) for the validation images."""
+        from PIL import Image
+
+        return Image.fromarray(self.faces.held_out_photo(self.faces.HELD_OUT[0]))
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +129,10 @@ class ToySource:
 
 
 def make_source(data: str, exp_dim: int | None, with_mask: bool = True):
-    return ToySource(with_mask) if data == "toyworld" else FolderSource(data, exp_dim)
+    from personalize.profiles import bundled_face_data
+
+    faces = bundled_face_data(data)
+    return BundledSource(faces, with_mask) if faces is not None else FolderSource(data, exp_dim)
 
 
 def to_pixels(array: np.ndarray, size: int, flip: bool) -> torch.Tensor:

@@ -24,14 +24,16 @@ from personalize.methods.base import MethodError
 from personalize.methods.face2diffusion import data, encoder, inject
 from personalize.methods.face2diffusion.losses import expression_keep, loss_cgdr
 from personalize.methods.face2diffusion.model import MappingConfig, MappingNetwork
+from personalize.profiles import TOY, shipped_msid
 
 
 @dataclass
 class Options:
     name: str = "face2diffusion"
     msid: str = ""  # the stage-1 file (method f2d_msid), a face2diffusion file whose encoder is reused, or
-    # "toyworld": the toy world's shipped stage-1 encoder (assets/toyworld_f2d/f2d_msid.safetensors)
-    data: str = "toyworld"  # "toyworld" or a folder of identities with masks and expressions (data.py)
+    # the bundled face data's name: its shipped stage-1 encoder (profiles.shipped_msid)
+    data: str = TOY  # the bundled face data (profiles.bundled_face_data) or a folder of identities with masks
+    # and expressions (data.py)
     artifact_name: str = "face2diffusion"
     prompt: str = "a photo of f l"  # "A photo of S*" (F2D Fig. 2)
     class_prompt: str = "a photo of a person"  # CGDR's class prompt (F2D Fig. 2)
@@ -47,7 +49,7 @@ class Options:
     exp_dim: int = 64
     id_noise: float = 0.0  # std of Gaussian noise added to the (layer-normed) MSID vector while training (ours,
     # not in the paper: a smoother mapping for identities between the training ones)
-    validation_face: str = ""  # a face photo for the validation images (toy world: a held-out identity)
+    validation_face: str = ""  # a face photo for the validation images (default: the data's, data.py)
 
 
 class MappingTraining:
@@ -65,17 +67,16 @@ class MappingTraining:
             raise MethodError(f"method.p_uncond={o.p_uncond}: expected a probability in [0, 1]")
         if inject.IDENTIFIER not in o.prompt:
             raise MethodError(f"method.prompt={o.prompt!r} must contain the identifier '{inject.IDENTIFIER}'")
-        self.msid = encoder.load_msid(toy_msid() if o.msid == "toyworld" else o.msid)  # fails before the base loads
+        self.msid = encoder.load_msid(shipped_msid(o.msid))  # fails before the base loads
         self.source = data.make_source(o.data, o.exp_dim if o.expression_guidance else None)
 
     def setup(self, components, config, accelerator) -> None:
         c, o = components, self.o
-        self.c, self.accelerator, self.device = c, accelerator, accelerator.device
-        self.dtype = blocks.weight_dtype(accelerator)
+        self.c, self.accelerator = c, accelerator
+        self.device, self.dtype = blocks.frozen_setup(c, accelerator)
         width = c.text_encoder.get_input_embeddings().weight.shape[1]
         self.mapping = MappingNetwork(MappingConfig(self.msid.config.out_dim, o.middle_dim, width, o.n_layer,
                                                     o.dropout, o.exp_dim)).to(self.device)
-        blocks.freeze(c.vae, c.unet, c.text_encoder)
         blocks.place((c.vae, c.unet, c.text_encoder), self.device, self.dtype)
         self.msid.to(self.device)
         self.latents = blocks.LatentEncoder(c.vae, self.device, self.dtype)
@@ -136,7 +137,7 @@ class MappingTraining:
     def validation_images(self, pipe, prompt, seeds, steps):
         from personalize.methods.face2diffusion.edit import FaceEdit
 
-        photo = self.o.validation_face or _toy_validation_face()
+        photo = self.o.validation_face or self.source.validation_photo()
         self.mapping.eval()
         try:
             edit = FaceEdit(self.face_encoder(), [photo])
@@ -150,20 +151,6 @@ class MappingTraining:
                                  "mask_dilation": str(self.o.mask_dilation),
                                  "expression_guidance": str(self.o.expression_guidance)}
         return ArtifactContent(self.o.artifact_name, {}, enc.tensors(), "f2d_encoder", meta)
-
-
-def toy_msid() -> str:
-    from personalize.resources import asset
-
-    return str(asset("toyworld_f2d", "f2d_msid.safetensors"))
-
-
-def _toy_validation_face():
-    from PIL import Image
-
-    from personalize.toyworld import faces
-
-    return Image.fromarray(faces.held_out_photo(faces.HELD_OUT[0]))
 
 
 def build(options: Options, config) -> MappingTraining:

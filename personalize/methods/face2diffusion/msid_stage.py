@@ -18,12 +18,14 @@ from personalize.methods.base import MethodError
 from personalize.methods.face2diffusion import data, encoder
 from personalize.methods.face2diffusion.losses import loss_arcface
 from personalize.methods.face2diffusion.model import MSIDConfig, MSIDEncoder
+from personalize.profiles import TOY
 
 
 @dataclass
 class Options:
     name: str = "f2d_msid"
-    data: str = "toyworld"  # "toyworld" or a folder of identities (<person>/<k>.png, face2diffusion/data.py)
+    data: str = TOY  # the bundled face data (profiles.bundled_face_data) or a folder of identities
+    # (<person>/<k>.png, face2diffusion/data.py)
     artifact_name: str = "f2d_msid"  # the file written: <artifact_name>.safetensors
     img_size: int = 112  # msid_base_patch8_112 (src/msid.py)
     patch_size: int = 8
