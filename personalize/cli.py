@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from personalize.errors import PersonalizeError
+from personalize.profiles import TOY
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="batch generation: prompts x seeds -> PNGs, grid.png, results.jsonl")
-    p.add_argument("--base", default="toyworld", help="diffusers folder, hub id, .safetensors file or 'toyworld'")
+    p.add_argument("--base", default=TOY, help="diffusers folder, hub id, .safetensors file or 'toyworld'")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable); '{}' becomes the trigger word")
     src.add_argument("--prompts", help="file with one prompt per line ('#' comments, blank lines skipped)")
@@ -22,7 +23,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 30)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance (default 7.5; the toy world 5, what it was tuned for: "
-                        "personalize.pipeline.DEFAULT_GUIDANCE)")
+                        "the base's profile, personalize.profiles)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
@@ -44,6 +45,10 @@ def _add_generate(sub) -> None:
     g.add_argument("--suppress-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other Suppression setting, e.g. retain_fraction=0.3, ito_iters=5 (repeatable)")
     _add_face_flags(p)
+    p.add_argument("--edit", action="append", nargs="+", default=[], metavar=("METHOD", "KEY=VALUE"),
+                   help="any generation edit of the method registry with its options as YAML values, e.g. "
+                        "--edit suppress_eot 'words=[glasses]' suppress_mode=swr (repeatable; applied after the "
+                        "--face/--suppress shorthands)")
 
 
 def _add_face_flags(p) -> None:
@@ -74,25 +79,41 @@ def _suppress_options(args) -> dict:
     return options
 
 
-def _edits(args) -> list:
-    """The generation edits (`personalize.pipeline.Edit`) the flags ask for: SuppressEOT for --suppress, the
-    Face2Diffusion face edit for --face / --person."""
-    from personalize.methods import make_edit
+def _edit_options(name: str, items: list[str]) -> dict:
+    from personalize.config import parse_scalar
 
-    options, edits = _suppress_options(args), []
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PersonalizeError(f"--edit {name} {item!r}: expected KEY=VALUE, e.g. 'words=[glasses]'")
+        options[key.strip()] = parse_scalar(value, f"--edit {name} {key.strip()}")
+    return options
+
+
+def _edit_description(args) -> list[tuple[str, dict]]:
+    """The generation edits the flags ask for, as (method, options) pairs: the Face2Diffusion face edit for
+    --face / --person, SuppressEOT for --suppress (the shorthands), then each --edit METHOD KEY=VALUE..."""
+    options, pairs = _suppress_options(args), []
     if args.face_encoder and not args.face:
         raise PersonalizeError("--face-encoder needs --face PHOTO")
     if args.face or args.person:
         if args.suppress:
             raise PersonalizeError("--face/--person and --suppress do not combine yet (both edit the prompt's "
                                    "text embedding)")
-        edits.append(make_edit("face2diffusion", {"face": args.face, "person": args.person, "base": args.base,
-                                                  "encoder": args.face_encoder or "",
-                                                  "detector": args.face_detector or ""}))
+        pairs.append(("face2diffusion", {"face": args.face, "person": args.person, "encoder": args.face_encoder or "",
+                                         "detector": args.face_detector or ""}))
     if args.suppress:
-        edits.append(make_edit("suppress_eot", {"words": args.suppress, "suppress_mode": args.suppress_mode,
-                                                **options}))
-    return edits
+        pairs.append(("suppress_eot", {"words": args.suppress, "suppress_mode": args.suppress_mode, **options}))
+    return pairs + [(name, _edit_options(name, items)) for name, *items in args.edit]
+
+
+def _edits(args, registry) -> list:
+    """The generation edits (`personalize.pipeline.Edit`) of the flags, made by `methods.edits_from`."""
+    from personalize.methods import edits_from
+    from personalize.profiles import profile_for
+
+    return edits_from(_edit_description(args), profile_for(args.base), registry)
 
 
 def _add_convert(sub) -> None:
@@ -231,9 +252,11 @@ def _apply_preset(args) -> None:
 def cmd_generate(args) -> int:
     from personalize.artifacts import load_artifact
     from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
-    from personalize.cpu import configure_threads, threads_cap
+    from personalize.cpu import configure_threads
     from personalize.dist import process_state
-    from personalize.pipeline import default_guidance, load_pipeline
+    from personalize.methods import REGISTRY
+    from personalize.pipeline import load_pipeline
+    from personalize.profiles import profile_for
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
     if any(not p.strip() for p in prompts):
@@ -242,8 +265,8 @@ def cmd_generate(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
-    edits = _edits(args)  # bad options fail before the model loads
-    configure_threads(threads_cap(args.base))
+    edits = _edits(args, args.registry or REGISTRY)  # bad options fail before the model loads
+    configure_threads(profile_for(args.base).max_threads)
     artifacts = [load_artifact(path) for path in args.artifact]  # read once, before the model
     prompts = fill_trigger(prompts, [t for a in artifacts for t in a.triggers])  # a bad '{}' fails here too
     if args.no_progress:
@@ -252,8 +275,8 @@ def cmd_generate(args) -> int:
     pipe = load_pipeline(args.base, artifacts, device=args.device or state.device, dtype=args.dtype,
                          scheduler=args.scheduler, local_files_only=args.local_files_only,
                          safety_checker=args.safety_checker)
-    pipe.check_edits(prompts, edits)  # every prompt, before the first image is written
-    guidance = default_guidance(args.base) if args.guidance_scale is None else args.guidance_scale
+    pipe.bind_edits(prompts, edits)  # every prompt, before the first image is written
+    guidance = pipe.profile.guidance_scale if args.guidance_scale is None else args.guidance_scale
     records = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=guidance,
@@ -302,7 +325,7 @@ def cmd_export(args) -> int:
 
 def cmd_erasure_card(args) -> int:
     from personalize.cpu import TOY_THREADS, configure_threads
-    from personalize.toyworld.robustness import card, table
+    from personalize.eval.robustness import card, table
 
     steps = {k: v for k, v in (("textual_inversion", args.ti_steps), ("relearning", args.relearn_steps)) if v}
     if min([args.images, args.steps, *steps.values()]) < 1:
@@ -330,7 +353,7 @@ def cmd_config(args) -> int:
 
 def cmd_quickstart(args) -> int:
     from personalize.cpu import TOY_THREADS, configure_threads
-    from personalize.toyworld.quickstart import examples_dir, run
+    from personalize.eval.quickstart import examples_dir, run
 
     if args.seeds < 1 or (args.train_steps is not None and args.train_steps < 1):
         raise PersonalizeError("--seeds and --train-steps must be >= 1")
@@ -356,10 +379,11 @@ def _training_config(args):
     import logging
 
     from personalize.config import load_config
-    from personalize.cpu import configure_threads, threads_cap
+    from personalize.cpu import configure_threads
+    from personalize.profiles import profile_for
 
     cfg = load_config(args.config, args.overrides)
-    configure_threads(threads_cap(cfg.model.pretrained))
+    configure_threads(profile_for(cfg.model.pretrained).max_threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return cfg
 
@@ -404,7 +428,9 @@ def cmd_app(args) -> int:
     return app_main(args.overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, registry: dict | None = None) -> int:
+    """The command line; `registry`: the method registry to use instead of the default one (a test or a plugin
+    that adds a method without editing this file)."""
     from personalize.quiet import quiet
 
     quiet()
@@ -412,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("config", "app", "train", "train-classes"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.overrides = rest
+    args.overrides, args.registry = rest, registry
     handlers = {"generate": cmd_generate, "convert": cmd_convert, "export": cmd_export, "export-lora": cmd_export,
                 "erasure-card": cmd_erasure_card, "config": cmd_config,
                 "quickstart": cmd_quickstart, "train": cmd_train, "train-classes": cmd_train_classes,

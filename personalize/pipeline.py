@@ -1,20 +1,20 @@
 """`load_pipeline(base, artifacts)` and `generate()`: a stock diffusers `StableDiffusionPipeline` underneath.
 
-    pipe = personalize.load_pipeline("toyworld", artifacts=["outputs/run/sks.safetensors"])
+    pipe = personalize.load_pipeline("path/to/sd15", artifacts=["outputs/run/sks.safetensors"])
     images = pipe.generate("a photo of sks on the beach", num_images=4, seed=0)
     pipe.remove_artifact("sks")           # exact original weights and token table again
 
 Artifacts are applied by their method's `apply` (methods registry) and undone in reverse order, so they can be
 added and removed on a live pipeline without reloading the base.
 
-Everything that changes one generation call at inference time is an `Edit` (content suppression is the first):
+Everything that changes one generation call at inference time is an `Edit`, made by an inference method of the
+registry (`personalize.methods.edits_from`) from a plain description, {method name: options}:
 
-    from personalize.methods import make_edit
-    no_glasses = make_edit("suppress_eot", {"words": ["glasses"]})
-    images = pipe.generate("a man wearing glasses", seed=0, edits=[no_glasses])
+    images = pipe.generate("a man wearing glasses", seed=0, edits={"<method>": {"words": ["glasses"]}})
 
 This module knows no method: it checks each edit against the prompts, lets each rewrite the keyword arguments of
-the stock diffusers call in turn, and stores what each describes in the image settings.
+the stock diffusers call in turn, and stores what each describes in the image settings. What differs per model
+family (the default guidance, the unknown-word note) is read off the base's profile (`personalize.profiles`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from personalize.artifacts import Artifact, ArtifactError, load_artifact
-from personalize.components import Components, load_components
+from personalize.components import DTYPES, MIXED_PRECISION, Components, load_components
 from personalize.errors import PersonalizeError
+from personalize.profiles import TOY, profile_for
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ SCHEDULERS = {
 
 
 class Edit(Protocol):
-    """An inference-time change of one generation call (content suppression, a face photo, ...).
+    """An inference-time change of one generation call (the `edit` of an inference method's registry record).
 
     check(sd, prompts)        raise a clear error if the edit cannot apply to these prompts; `generate` calls it
-                              for every prompt before any image is made (the CLI before the first file is written)
+                              for every prompt before any image is made (the CLI before the first file is written);
+                              it changes nothing
     call_kwargs(sd, call)     (new kwargs, cleanup): `call` holds the keyword arguments of the stock diffusers
                               call as `generate` built them (prompt, negative_prompt, num_images_per_prompt,
                               num_inference_steps, guidance_scale, height, width, generator, extras) or as the
@@ -54,8 +56,11 @@ class Edit(Protocol):
     describe()                JSON-able settings merged into each image's settings (its PNG `personalize` chunk,
                               compared by batch resume); keys must not clash with the base settings or other edits
     label()                   "Key: value" text appended to the A1111-style `parameters` chunk ("" for none)
-    known_words               optional: words of the prompt the edit gives a meaning (the toy world's unknown-
-                              word note leaves them out)
+    known_words               optional: words of the prompt the edit gives a meaning (the base profile's
+                              unknown-word note leaves them out)
+    bind(prompts)             optional: called by `bind_edits` with every prompt of a job that a front end splits
+                              into several calls (the batch command), before the first call; an edit that gives
+                              each prompt its own value (one photo per prompt) pairs them here
 
     `sd` is the stock diffusers `StableDiffusionPipeline`. Several edits apply in order; cleanups run in reverse."""
 
@@ -63,14 +68,6 @@ class Edit(Protocol):
     def call_kwargs(self, sd, call: dict) -> tuple[dict, Callable[[], None]]: ...
     def describe(self) -> dict: ...
     def label(self) -> str: ...
-
-
-DEFAULT_GUIDANCE = {"toyworld": 5.0, "other": 7.5}  # SD's usual 7.5; the toy model is tuned at 5
-
-
-def default_guidance(base: str) -> float:
-    """The guidance scale `generate` and the app start from for a base (`toyworld` or any other)."""
-    return DEFAULT_GUIDANCE["toyworld" if base == "toyworld" else "other"]
 
 
 # diffusers scheduler class -> the sampler name AUTOMATIC1111 writes (and reads back) in `parameters`
@@ -110,10 +107,6 @@ class _Applied:
     undo: Callable[[], None]
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def _pick(device, dtype) -> tuple[torch.device, torch.dtype]:
     """Default: the GPU in float16 when there is one, else the CPU in float32."""
     try:
@@ -125,8 +118,9 @@ def _pick(device, dtype) -> tuple[torch.device, torch.dtype]:
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise PersonalizeError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
+        names = [k for k in DTYPES if k not in MIXED_PRECISION[:1]]  # not accelerate's "no"
+        if dtype not in names:
+            raise PersonalizeError(f"dtype {dtype!r} is not supported; expected one of {', '.join(names)}")
         dtype = DTYPES[dtype]
     return device, dtype
 
@@ -140,13 +134,13 @@ def make_scheduler(name: str, config):
 
 
 class Pipeline:
-    """A live Stable Diffusion pipeline plus the artifacts applied to it, in order."""
+    """A live Stable Diffusion pipeline plus the artifacts applied to it, in order, and the base's profile."""
 
-    def __init__(self, sd_pipe, base: str):
+    def __init__(self, sd_pipe, base: str, profile=None):
         self.sd = sd_pipe  # the stock diffusers StableDiffusionPipeline
         self.base = base
+        self.profile = profile or profile_for(base, getattr(sd_pipe, "text_encoder", None))  # per model family
         self._applied: list[_Applied] = []
-        self._toy_words: set[str] | None = None  # the toy world's vocabulary, read once (prompt_hint)
 
     @property
     def width(self) -> int:
@@ -204,28 +198,37 @@ class Pipeline:
         self.sd.scheduler = make_scheduler(name, self.sd.scheduler.config)
 
     def prompt_hint(self, prompts: list[str], known: Sequence[str] = ()) -> str | None:
-        """On the toy world: one line naming the words of `prompts` it never saw (None when all are known, and
-        always on other bases); `known` adds words (an edit's identifier: Face2Diffusion's "f l")."""
-        if self.base != "toyworld":
+        """One line naming the words of `prompts` the base never saw (its profile's note: the toy world's; None
+        when all are known, and on bases without one); `known` adds words (an edit's identifier: "f l")."""
+        if self.profile.unknown_words is None:
             return None
         from personalize.artifacts import trained_on
-        from personalize.toyworld import vocabulary
 
-        self._toy_words = self._toy_words or vocabulary.vocabulary()
         # trigger words, and the words a tokenless artifact (DreamBooth, LoRA) was trained with ("sks")
         triggers = [t for a in self.artifacts for t in a.triggers + trained_on(a).replace("{}", " ").split()]
-        triggers += list(known)
-        return vocabulary.hint_for(vocabulary.unknown_in(prompts, self._toy_words, triggers))
+        return self.profile.prompt_hint(prompts, triggers + list(known))
+
+    def edits(self, edits) -> list[Edit]:
+        """`edits` as a list of `Edit`s: a list as it is, or a plain description {method name: options} (or a
+        list of (name, options) pairs) made by the registry's inference methods for this base's profile."""
+        if isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ()):
+            from personalize.methods import edits_from
+
+            return edits_from(edits, self.profile)
+        return list(edits or ())
 
     def check_edits(self, prompts: list[str], edits: Sequence[Edit]) -> None:
         """Raise the first edit's error for a prompt it cannot apply to (every prompt, before any image)."""
         for e in edits:
             e.check(self.sd, list(prompts))
 
-    def check_suppress(self, prompts: list[str], suppress, suppress_mode: str = "swr",
-                       suppress_options: dict | None = None) -> None:
-        """Raise a clear error if a suppression setting is bad or a word is not in one of `prompts`."""
-        self.check_edits(prompts, [_suppress_edit(suppress, suppress_mode, suppress_options)])
+    def bind_edits(self, prompts: list[str], edits: Sequence[Edit]) -> None:
+        """Tell each edit every prompt of a job that will be generated in several calls (`Edit.bind`), then check
+        them all: what the batch command does before its first image."""
+        for e in edits:
+            if hasattr(e, "bind"):
+                e.bind(list(prompts))
+        self.check_edits(prompts, edits)
 
     def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
@@ -248,23 +251,13 @@ class Pipeline:
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
-                 edits: Sequence[Edit] = (), suppress: str | list[str] | None = None, suppress_mode: str = "swr",
-                 suppress_options: dict | None = None, face=None, face_encoder: str | None = None,
-                 person=None, face_detector=None, **kwargs) -> list[GeneratedImage]:
+                 edits=(), **kwargs) -> list[GeneratedImage]:
         """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
 
         `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
-        `edits`: generation edits (`Edit`), applied in order to the diffusers call.
-        `suppress`: shorthand for the SuppressEOT edit (Li et al., ICLR 2024; `methods/suppression/suppress_eot.py`),
-        applied after `edits`: words or spans of the prompt to leave out, by soft-weighted regularization of the
-        text embedding (`suppress_mode="swr"`) plus inference-time optimization (`"swr+ito"`); `suppress_options`
-        sets the `Suppression` fields (alpha, retain_fraction, ito_iters, ...).
-        `face`: shorthand for the Face2Diffusion edit (Shiohara & Yamasaki, CVPR 2024; `methods/face2diffusion/`):
-        a face photo (path or PIL image; or one per prompt) put where each prompt says "f l", encoded by
-        `face_encoder` (a face2diffusion file; on the toy world the shipped one by default), the face found and
-        aligned by `face_detector` (`personalize.face.resolve_detector`: an insightface pack folder or .onnx,
-        "cascade", "none" for an aligned crop; default: insightface's buffalo_l pack, "none" on the toy world);
-        `person`: the same from `<name>.f2d.safetensors` files, no encoder needed.
+        `edits`: generation edits (`Edit`), applied in order to the diffusers call, or their plain description
+        {method name: options} (`Pipeline.edits`; the README lists the inference methods and their options);
+        `personalize.edits(...)` writes that description from the Python API's shorthands.
         Extra keyword arguments go to the diffusers pipeline call unchanged."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) for p in prompts):
@@ -276,12 +269,7 @@ class Pipeline:
         num_images = len(per_prompt)
         height, width = height or self.native_size, width or self.native_size
         seeds = per_prompt * len(prompts)
-        edits = list(edits) + ([_suppress_edit(suppress, suppress_mode, suppress_options)] if suppress else [])
-        if face is not None or person is not None:
-            from personalize.methods import make_edit
-
-            edits.append(make_edit("face2diffusion", {"face": face, "person": person, "base": self.base,
-                                                      "encoder": face_encoder or "", "detector": face_detector or ""}))
+        edits = self.edits(edits)
         self.check_edits(prompts, edits)
         hint = self.prompt_hint(prompts, [w for e in edits for w in getattr(e, "known_words", ())])
         if hint:
@@ -296,6 +284,11 @@ class Pipeline:
         taken = sorted(set(kwargs) & set(call))
         if taken:
             raise PersonalizeError(f"{taken} are set by generate's own arguments (prompt, num_images, seed, ...)")
+        unknown = sorted(set(kwargs) - _call_parameters(self.sd))
+        if unknown:  # diffusers would swallow them silently (its **kwargs)
+            raise PersonalizeError(f"generate() got unknown keyword arguments {unknown}: extra ones go to the diffusers "
+                                   f"{type(self.sd).__name__} call, which has no such parameter; generation edits go "
+                                   "in edits= (e.g. edits=personalize.edits(...))")
         settings = [self.settings(prompts[j // num_images], s, negatives[j // num_images], steps, guidance_scale,
                                   height, width, edits) for j, s in enumerate(seeds)]  # (a clash fails early)
         labels = tuple(e.label() for e in edits)
@@ -315,6 +308,14 @@ def _seeds(seed: int | list[int] | None, num_images: int) -> list[int]:
     return seeds
 
 
+def _call_parameters(sd) -> set[str]:
+    """The named parameters of the diffusers pipeline's `__call__` (not its catch-all **kwargs)."""
+    import inspect
+
+    return {name for name, p in inspect.signature(type(sd).__call__).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"}
+
+
 def _edited_call(sd, call: dict, edits: list[Edit]):
     """`sd(**call)` after each edit rewrote `call` in order; the cleanups of the edits applied so far run in
     reverse order whatever happens (an edit's call_kwargs raising, or the call itself)."""
@@ -327,13 +328,6 @@ def _edited_call(sd, call: dict, edits: list[Edit]):
     finally:
         for cleanup in reversed(cleanups):
             cleanup()
-
-
-def _suppress_edit(words, mode: str, options: dict | None) -> Edit:
-    """The SuppressEOT edit of `generate(suppress=..., suppress_mode=..., suppress_options=...)`."""
-    from personalize.methods import make_edit
-
-    return make_edit("suppress_eot", {"words": words, "suppress_mode": mode, **(options or {})})
 
 
 def pipeline_from_components(comps: Components, device=None, dtype=None, scheduler: str | None = None) -> Pipeline:
@@ -359,7 +353,7 @@ def live_pipeline(comps: Components) -> Pipeline:
     return Pipeline(sd, comps.source)
 
 
-def load_pipeline(base: str = "toyworld", artifacts: list[str | Path | Artifact] = (), device=None, dtype=None,
+def load_pipeline(base: str = TOY, artifacts: list[str | Path | Artifact] = (), device=None, dtype=None,
                   scheduler: str | None = None, safety_checker: bool = False,
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""

@@ -3,11 +3,15 @@
 The Gradio app (`personalize/app/ui.py`) only lays out controls and calls a `Studio`; everything here is plain Python, so
 it is tested without a browser and usable from a notebook:
 
-    studio = Studio(load_pipeline("toyworld"), "embeddings/", "outputs/app")
+    studio = Studio(load_pipeline("path/to/sd15"), "embeddings/", "outputs/app")
     [e.label for e in studio.entries()]          # every .safetensors file, usable or not (with the reason)
     images = studio.generate("a photo of sks", artifacts=["embeddings/sks.safetensors"], seed=-1)
-    images = studio.generate("a man wearing glasses", edits=studio.edits("glasses", "swr"))  # SuppressEOT
+    edits = studio.edits({"suppress_eot": {"words": ["glasses"]}})    # any inference method of the registry
+    images = studio.generate("a man wearing glasses", edits=edits)
     studio.save(images)                          # PNGs with their settings in the text chunk
+
+The Studio knows no method: what it shows of a file comes from its method's registry record (`describe`), and
+edits are made from plain descriptions by `personalize.methods.edits_from`.
 
 Artifacts are swapped on the live pipeline (`Pipeline.set_artifacts`): only the difference is applied or undone,
 the base is never reloaded. Paths outside the artifacts folder are refused.
@@ -40,9 +44,11 @@ class Entry:
     rel: str = ""  # the path relative to the artifacts folder: what tells two `dreambooth.safetensors` apart
     modified: str = ""  # the file's date, YYYY-MM-DD HH:MM
     trained_on: str = ""  # for a file without trigger words: the prompt or caption it was trained with
-    erases: str = ""  # an erasure artifact's concepts (its `concepts` metadata)
-    steered: str = ""  # a class token's class (dct's `target_label` metadata)
-    face: str = ""  # a Face2Diffusion file: "encoder" or "person" (chosen as the face, not applied as an artifact)
+    # from the method's record (`MethodRecord.describe`):
+    shows: str = ""  # text in place of the trigger words ("erases: dog", "encoder")
+    note: str = ""  # text after them ("class: dog")
+    edit: str = ""  # the generation edit that reads this file (its `file` option): a choice there, not applied
+    compare: bool = False  # the comparison shows the images without this artifact
     licence: str = ""  # weights under another licence than ours (the `licence` metadata of converted weights)
 
     @property
@@ -51,17 +57,18 @@ class Entry:
 
     @property
     def label(self) -> str:
-        words = ", ".join(self.triggers) or (f"erases: {self.erases}" if self.erases else "") or \
+        words = ", ".join(self.triggers) or self.shows or \
             (f"prompt: {self.trained_on!r}" if self.trained_on else "no trigger word")
-        words += f" (class: {self.steered})" if self.steered else ""
+        words += f" ({self.note})" if self.note else ""
         text = f"{self.rel or self.name} | {self.method} | {words} | base: {self.base_model}"
         text += f" | {self.modified}" if self.modified else ""
         text += f" | licence: {self.licence}" if self.licence else ""
         return text if self.usable else f"{text} | unusable: {self.reason}"
 
 
-def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
-    """Read a file's metadata (ours or third-party) and check it against a text encoder of `width`."""
+def describe(path: Path, width: int, folder: Path | None = None, registry: dict | None = None) -> Entry:
+    """Read a file's metadata (ours or third-party) and check it against a text encoder of `width`; its method's
+    record (`registry`, default `personalize.methods.REGISTRY`) says what more to show of it."""
     rel = str(path.relative_to(folder)) if folder is not None else path.name
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)) if path.exists() else ""
     try:
@@ -69,11 +76,11 @@ def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
     except ArtifactError as err:
         return Entry(str(path), usable=False, reason=str(err).replace(f"{path}: ", ""), rel=rel, modified=stamp)
     base = art.metadata.get("base_model") or ("third-party file" if "method" not in art.metadata else "?")
+    shown = _described(art, registry)
     entry = Entry(str(path), art.method, art.triggers, base, rel=rel, modified=stamp,
-                  trained_on="" if art.triggers else trained_on(art), erases=art.metadata.get("concepts", ""),
-                  steered=art.metadata.get("target_label", ""),
-                  face={"f2d_encoder": "encoder", "f2d_identity": "person"}.get(art.kind, ""),
-                  licence=art.metadata.get("licence", ""))
+                  trained_on="" if art.triggers else trained_on(art), shows=str(shown.get("shows", "")),
+                  note=str(shown.get("note", "")), edit=str(shown.get("edit", "")),
+                  compare=bool(shown.get("compare", False)), licence=art.metadata.get("licence", ""))
     try:
         check_width(art, width)
     except ArtifactError as err:
@@ -81,7 +88,15 @@ def describe(path: Path, width: int, folder: Path | None = None) -> Entry:
     return entry
 
 
-def scan_artifacts(folder: str | Path, width: int) -> list[Entry]:
+def _described(art, registry: dict | None) -> dict:
+    """The record's `describe(art)` of the file's method ({} for a method it does not know, or none)."""
+    if registry is None:
+        from personalize.methods import REGISTRY as registry
+    record = registry.get(art.method)
+    return dict(record.describe(art)) if record is not None and record.describe is not None else {}
+
+
+def scan_artifacts(folder: str | Path, width: int, registry: dict | None = None) -> list[Entry]:
     """Every `.safetensors` file under `folder` (recursively, skipping training runs' `checkpoint-*` folders),
     sorted by path; pickles are not listed."""
     folder = Path(folder)
@@ -89,7 +104,7 @@ def scan_artifacts(folder: str | Path, width: int) -> list[Entry]:
         return []
     files = [p for p in sorted(folder.rglob("*.safetensors"))
              if p.is_file() and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
-    return [describe(p, width, folder) for p in files]
+    return [describe(p, width, folder, registry) for p in files]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -103,14 +118,17 @@ def _inside(path: Path, folder: Path) -> bool:
 class Studio:
     """A pipeline plus the folders the app reads artifacts from and writes images to."""
 
-    def __init__(self, pipe, artifacts_dir: str | Path, outputs_dir: str | Path, face_detector: str = ""):
+    def __init__(self, pipe, artifacts_dir: str | Path, outputs_dir: str | Path, face_detector: str = "",
+                 registry: dict | None = None):
+        from personalize.face import detector_spec
+        from personalize.methods import REGISTRY
+
         self.pipe = pipe
         self.artifacts_dir = Path(artifacts_dir)
         self.outputs_dir = Path(outputs_dir)
-        from personalize.face import detector_spec
-
-        # `personalize app --face-detector`, or the base's default ("none" on the toy world, else the default pack)
-        self.face_detector_spec = detector_spec(face_detector, pipe.base)
+        self.registry = REGISTRY if registry is None else registry  # the methods it lists, applies and edits with
+        # `personalize app --face-detector`, or the base profile's default ("none" on the toy world, else the pack)
+        self.face_detector_spec = detector_spec(face_detector, pipe.profile.face_detector)
         self._detector = None  # made on the first face photo, then kept
 
     def face_detector(self):
@@ -123,7 +141,7 @@ class Studio:
         return self._detector
 
     def entries(self) -> list[Entry]:
-        return scan_artifacts(self.artifacts_dir, self.pipe.width)
+        return scan_artifacts(self.artifacts_dir, self.pipe.width, self.registry)
 
     def _artifact_paths(self, chosen: list[str]) -> list[str]:
         paths = []
@@ -135,45 +153,51 @@ class Studio:
             paths.append(str(path))
         return paths
 
+    def edit_names(self) -> list[str]:
+        """The generation edits of the registry (its inference methods), by name."""
+        return [name for name, record in self.registry.items() if record.edit is not None]
+
+    def edits(self, description) -> list:
+        """The generation edits (`personalize.pipeline.Edit`) of a plain description, {method: options} or a list
+        of (method, options) pairs (`personalize.methods.edits_from`), for this base's profile. An option `file`
+        names a file of the artifacts folder (a path outside it is refused)."""
+        from personalize.methods import edits_from
+
+        pairs = list(description.items()) if isinstance(description, dict) else list(description or ())
+        resolved = []
+        for pair in pairs:
+            name, options = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else (pair, None)
+            if isinstance(options, dict) and isinstance(options.get("file"), (str, Path)) and options["file"]:
+                options = options | {"file": self._artifact_paths([str(options["file"])])[0]}
+            resolved.append((name, options))
+        return edits_from(resolved, self.pipe.profile, self.registry)
+
     @staticmethod
-    def edits(suppress: str = "", suppress_mode: str = "off") -> list:
-        """The generation edits (`personalize.pipeline.Edit`) the app's controls ask for: SuppressEOT for
-        `suppress`, a comma-separated list of words or spans, when `suppress_mode` (off, swr or swr+ito) is not off."""
-        words = [w.strip() for w in (suppress or "").split(",") if w.strip()]
-        if not words or suppress_mode == "off":
-            return []
-        from personalize.methods import make_edit
+    def read_options(text: str, name: str = "the edit") -> dict:
+        """An edit's options typed as YAML (`words: [glasses]`, or a flow mapping `{words: [glasses]}`)."""
+        import yaml
 
-        return [make_edit("suppress_eot", {"words": words, "suppress_mode": suppress_mode})]
+        try:
+            options = yaml.safe_load(text or "") or {}
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise PersonalizeError(f"the options of {name} are not YAML: {problem}") from None
+        if not isinstance(options, dict):
+            raise PersonalizeError(f"the options of {name} must be a mapping like 'words: [glasses]', got "
+                                   f"{type(options).__name__}")
+        return options
 
-    def face_files(self) -> list[Entry]:
-        """The Face2Diffusion encoders and person files of the artifacts folder (the app's face choices)."""
-        return [e for e in self.entries() if e.face and e.usable]
+    def edit_files(self, edit: str) -> list[Entry]:
+        """The usable files of the artifacts folder that the generation edit `edit` reads (its `file` choices)."""
+        return [e for e in self.entries() if e.edit == edit and e.usable]
 
-    def face_edits(self, face=None, face_file: str = "") -> list:
-        """The Face2Diffusion edit for an uploaded photo (PIL image or path) and `face_file`, an encoder or person
-        file of the artifacts folder ("" on the toy world: its shipped encoder); none when neither is given."""
-        if face is None and not face_file:
-            return []
-        from personalize.methods import make_edit
-
-        art = load_artifact(self._artifact_paths([face_file])[0]) if face_file else None  # read once
-        person = art is not None and art.kind == "f2d_identity"
-        if person and face is not None:
-            raise PersonalizeError(f"{face_file} is a person file: choose an encoder to use the uploaded photo, or "
-                                   "clear the photo")
-        if face is None and not person:
-            raise PersonalizeError(f"{face_file} is a face encoder: upload a face photo to go with it")
-        options = {"person": [art]} if person else {"face": [face], "encoder": art or "",
-                                                     "detector": self.face_detector()}
-        return [make_edit("face2diffusion", options | {"base": self.pipe.base})]
-
-    def face_preview(self, face, face_file: str = ""):
-        """The crop the encoder reads from `face` (the photo's face, aligned, at the encoder's input size), or the
-        error that photo gives."""
-        from PIL import Image
-
-        return Image.fromarray(self.face_edits(face, face_file)[0].crops[0])
+    def preview(self, description):
+        """What the first edit of `description` that has a preview shows (a face edit: the crop its encoder
+        reads), or the error those options give; None when none has one."""
+        for e in self.edits(description):
+            if hasattr(e, "preview"):
+                return e.preview()
+        return None
 
     def check(self, prompt: str, artifacts: list[str] = (), num_images: int = 1, edits: list = (),
               compare: bool = False) -> None:
@@ -181,7 +205,7 @@ class Studio:
         an empty prompt, a bad image count, an artifact that is not in the folder or does not fit the base, an edit
         that does not apply to the prompt, a comparison without an erasure. Leaves `artifacts` applied."""
         self._prepare(prompt, artifacts, num_images)
-        self.pipe.check_edits([prompt], list(edits))
+        self.pipe.check_edits([prompt], self._edit_list(edits))
         if compare:
             self._erasures_to_compare(artifacts)
 
@@ -197,17 +221,22 @@ class Studio:
     def generate(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
                  steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,
                  num_images: int = 1, edits: list = ()) -> list:
-        """Generate with exactly `artifacts` applied (paths in the artifacts folder) and `edits` (`Studio.edits`).
+        """Generate with exactly `artifacts` applied (paths in the artifacts folder) and `edits` (`Studio.edits`, or
+        a plain description).
         seed -1 draws one (reported in each image's settings); a list gives each image its seed."""
         self._prepare(prompt, artifacts, num_images)  # the edits are checked by Pipeline.generate, before any image
         seeds = [int(s) for s in seed] if isinstance(seed, list) else None if int(seed) < 0 else int(seed)
         return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images), seed=seeds,
                                   steps=int(steps), guidance_scale=float(guidance_scale), width=width and int(width),
-                                  height=height and int(height), edits=list(edits))
+                                  height=height and int(height), edits=self._edit_list(edits))
+
+    def _edit_list(self, edits) -> list:
+        return self.edits(edits) if isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())\
+            else list(edits or ())
 
     def erasures(self, artifacts: list[str]) -> list[str]:
-        """The chosen artifacts that erase concepts (their entries list `erases: ...`)."""
-        erasing = {e.rel for e in self.entries() if e.erases}
+        """The chosen artifacts the comparison leaves out (their record says `compare`: erasures)."""
+        erasing = {e.rel for e in self.entries() if e.compare}
         return [a for a in artifacts if a in erasing]
 
     def _erasures_to_compare(self, artifacts) -> list[str]:
@@ -245,7 +274,7 @@ class Studio:
         pickles and anything else are refused with the reason, and nothing is written."""
         source = Path(source)
         name = source.name  # Gradio keeps an upload's own file name inside its temp folder
-        entry = describe(source, self.pipe.width)
+        entry = describe(source, self.pipe.width, registry=self.registry)
         if not entry.usable:  # the reason names the upload's temp path: say the user's file name instead
             raise ArtifactError(f"{name} was not added: {entry.reason.replace(str(source), name)}")
         target = self.artifacts_dir / name
@@ -254,7 +283,7 @@ class Studio:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-        return describe(target, self.pipe.width)
+        return describe(target, self.pipe.width, registry=self.registry)
 
     def export(self, artifact: str, fmt: str) -> tuple[list[Path], str]:
         """`personalize export` of one artifact of the folder into `<outputs>/exports/` against this app's base:

@@ -117,7 +117,7 @@ def test_check_refuses_what_generate_would_refuse_without_denoising(studio, monk
     with pytest.raises(PersonalizeError, match="not a .safetensors file in"):
         studio.check(PROMPT, artifacts=["../x.safetensors"])
     with pytest.raises(PersonalizeError, match="zebra"):  # a suppressed word that is not in the prompt
-        studio.check(PROMPT, edits=studio.edits("zebra", "swr"))
+        studio.check(PROMPT, edits={"suppress_eot": {"words": ["zebra"]}})
 
 
 def test_compare_shows_each_seed_with_and_without_the_erasure(tmp_path):

@@ -126,12 +126,15 @@ def test_two_edits_compose_in_order(pipe_sd1, tiny_sd1):
     assert cat[0].pnginfo().chunks[0][1].decode().endswith(f"Model: {tiny_sd1}, second: bird, first: cat")
 
 
-def test_suppress_shorthand_and_edit_are_one_path(pipe_sd1):
+def test_suppress_shorthand_description_and_edit_are_one_path(pipe_sd1):
+    import personalize
+
     prompt = "a man wearing glasses"
-    sugar = pipe_sd1.generate(prompt, seed=[3, 4], steps=4, suppress=["glasses"])
+    sugar = pipe_sd1.generate(prompt, seed=[3, 4], steps=4, edits=personalize.edits(suppress=["glasses"]))
+    described = pipe_sd1.generate(prompt, seed=[3, 4], steps=4, edits={"suppress_eot": {"words": ["glasses"]}})
     built = pipe_sd1.generate(prompt, seed=[3, 4], steps=4, edits=[se.edit({"words": ["glasses"]})])
     plain = pipe_sd1.generate(prompt, seed=[3, 4], steps=4)
-    assert _same(sugar, built) and not _same(sugar, plain)
+    assert _same(sugar, built) and _same(described, built) and not _same(sugar, plain)
     assert [g.settings for g in sugar] == [g.settings for g in built]
     assert sugar[0].settings["suppress"] == {"words": ["glasses"], "alpha": 1.0, "mode": "soft-weight",
                                              "retain_fraction": 0.2, "ito_iters": 0}
@@ -181,9 +184,17 @@ def test_settings_refuse_a_clashing_edit(pipe_sd1):
         pipe_sd1.settings("a dog", 0, edits=[se.edit({"words": "dog"}), se.edit({"words": "a"})])
 
 
-def test_studio_builds_edits_from_the_app_controls():
+def test_the_app_controls_build_edits_through_one_description(pipe_sd1, tmp_path):
+    from personalize.app.ui import Callbacks
     from personalize.studio import Studio
 
-    (one,) = Studio.edits("glasses, a hat ,", "swr+ito")
+    on = Callbacks(Studio(pipe_sd1, tmp_path, tmp_path / "out"))
+    (one,) = on._edits("glasses, a hat ,", "swr+ito", None, "")
     assert one.describe()["suppress"]["words"] == ["glasses", "a hat"] and one.supp.ito_iters == 10
-    assert Studio.edits("glasses", "off") == [] and Studio.edits(" , ", "swr") == []
+    assert on._edits("glasses", "off", None, "") == [] and on._edits(" , ", "swr", None, "") == []
+    (other,) = on._edits("", "off", None, "", "suppress_eot", "{words: [hat], alpha: 2}")  # the generic control
+    assert other.label() == "Suppress: hat (alpha 2, ITO 0)"
+    with pytest.raises(PersonalizeError, match="not YAML"):
+        on._edits("", "off", None, "", "suppress_eot", "words: [hat")
+    with pytest.raises(PersonalizeError, match="not a generation edit; known edits: face2diffusion, suppress_eot"):
+        on._edits("", "off", None, "", "lora", "")

@@ -44,28 +44,32 @@ def photo(identity=faces.HELD_OUT[0]):
 def test_face_files_are_choices_not_artifacts(studio):
     from personalize.app.ui import _choices
 
-    assert sorted((e.rel, e.face) for e in studio.face_files()) == [("face2diffusion.safetensors", "encoder"),
-                                                                    ("p0.f2d.safetensors", "person")]
+    assert sorted((e.rel, e.shows) for e in studio.edit_files("face2diffusion")) == [
+        ("face2diffusion.safetensors", "encoder"), ("p0.f2d.safetensors", "person")]
     assert _choices(studio)[0] == []  # neither is offered as an artifact to apply
 
 
+def face(photo=None, file=""):
+    return {"face2diffusion": {"face": [] if photo is None else [photo], "file": file}}
+
+
 def test_photo_or_person_file_through_the_studio(studio):
-    crop = studio.face_preview(photo().resize((64, 64)), "face2diffusion.safetensors")
+    crop = studio.preview(face(photo().resize((64, 64)), "face2diffusion.safetensors"))
     assert crop.size == (32, 32)  # what the encoder reads: its input size
     kw = {"seed": 4, "steps": 4}
-    by_photo = studio.generate(PROMPT, edits=studio.face_edits(photo(), "face2diffusion.safetensors"), **kw)[0]
-    by_person = studio.generate(PROMPT, edits=studio.face_edits(None, "p0.f2d.safetensors"), **kw)[0]
+    by_photo = studio.generate(PROMPT, edits=face(photo(), "face2diffusion.safetensors"), **kw)[0]
+    by_person = studio.generate(PROMPT, edits=studio.edits(face(None, "p0.f2d.safetensors")), **kw)[0]
     plain = studio.generate(PROMPT.replace("f l", "person"), **kw)[0]
     assert np.array_equal(np.asarray(by_photo.image), np.asarray(by_person.image))
     assert not np.array_equal(np.asarray(by_photo.image), np.asarray(plain.image))
     with pytest.raises(PersonalizeError, match="is a person file"):
-        studio.face_edits(photo(), "p0.f2d.safetensors")
-    with pytest.raises(PersonalizeError, match="upload a face photo"):
-        studio.face_edits(None, "face2diffusion.safetensors")
+        studio.edits(face(photo(), "p0.f2d.safetensors"))
+    with pytest.raises(PersonalizeError, match="give a face photo to go with it"):
+        studio.edits(face(None, "face2diffusion.safetensors"))
     with pytest.raises(PersonalizeError, match="not a .safetensors file in"):
-        studio.face_edits(photo(), "../elsewhere.safetensors")
+        studio.edits(face(photo(), "../elsewhere.safetensors"))
     with pytest.raises(PersonalizeError, match="no identifier 'f l'"):
-        studio.check("a photo of a person", edits=studio.face_edits(photo(), "face2diffusion.safetensors"))
+        studio.check("a photo of a person", edits=face(photo(), "face2diffusion.safetensors"))
 
 
 @pytest.fixture(scope="module")

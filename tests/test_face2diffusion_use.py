@@ -1,5 +1,5 @@
 """Face2Diffusion end to end on small networks: both training stages through the loop, the encoder file's strict
-loading, gradients only on the mapping network, the face edit (generate(face=...)), the person file, folders of
+loading, gradients only on the mapping network, the face edit (generate(edits=edits(face=...))), the person file, folders of
 identities, and clear errors for bad photos, prompts and files."""
 
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from personalize import edits
 from personalize.artifacts import ArtifactError, read_safetensors
 from personalize.atomic import atomic_save_file
 from personalize.config import load_config
@@ -89,31 +90,32 @@ def test_only_the_mapping_network_gets_gradients(files):
 
 def test_generate_with_a_face_photo_and_a_person_file(files, pipe, tmp_path):
     f2d = str(files[1])
-    kw = {"seed": 3, "steps": 4, "face_encoder": f2d}
-    a = pipe.generate("a photo of f l", face=photo(), **kw)[0]
+    kw = {"seed": 3, "steps": 4}
+    a = pipe.generate("a photo of f l", edits=edits(face=photo(), face_encoder=f2d), **kw)[0]
     assert a.settings["face"][0].startswith("photo#") and a.labels[0].startswith("Face: photo#")
-    same = pipe.generate("a photo of f l", face=photo(), **kw)[0]
-    other = pipe.generate("a photo of f l", face=photo(faces.HELD_OUT[5]), **kw)[0]
+    same = pipe.generate("a photo of f l", edits=edits(face=photo(), face_encoder=f2d), **kw)[0]
+    other = pipe.generate("a photo of f l", edits=edits(face=photo(faces.HELD_OUT[5]), face_encoder=f2d), **kw)[0]
     assert np.array_equal(np.asarray(a.image), np.asarray(same.image))
     assert not np.array_equal(np.asarray(a.image), np.asarray(other.image))
     # a person file holds the two vectors: the same images without the encoder
     face = edit.encode_faces(encoder.FaceEncoder.load(f2d), [photo()])[0]
     person = edit.save_person(tmp_path / "p18.f2d.safetensors", face, "toyworld", f2d)
-    again = pipe.generate("a photo of f l", person=str(person), seed=3, steps=4)[0]
+    again = pipe.generate("a photo of f l", edits=edits(person=str(person)), seed=3, steps=4)[0]
     assert np.array_equal(np.asarray(a.image), np.asarray(again.image))
     # several faces in one batch: one per prompt, each row its own face
-    both = pipe.generate(["a photo of f l", "a photo of f l"], face=[photo(), photo(faces.HELD_OUT[5])], **kw)
+    two = edits(face=[photo(), photo(faces.HELD_OUT[5])], face_encoder=f2d)
+    both = pipe.generate(["a photo of f l", "a photo of f l"], edits=two, **kw)
     gap = lambda x, y: np.abs(np.asarray(x.image, np.int16) - np.asarray(y.image, np.int16)).max()  # noqa: E731
     assert gap(both[0], a) <= 2 and gap(both[1], other) <= 2  # batched float sums: a level or two
     assert gap(a, other) > 2 * gap(both[1], other)
 
 
 def test_bad_prompts_photos_and_files_are_refused(files, pipe, tmp_path):
-    kw = {"seed": 0, "steps": 2, "face_encoder": str(files[1])}
+    kw, enc = {"seed": 0, "steps": 2}, str(files[1])
     with pytest.raises(inject.IdentifierError, match="no identifier 'f l'"):
-        pipe.generate("a photo of a person", face=photo(), **kw)
+        pipe.generate("a photo of a person", edits=edits(face=photo(), face_encoder=enc), **kw)
     with pytest.raises(edit.FaceError, match="2 faces for 3 prompts"):
-        pipe.generate(["a f l", "b f l", "c f l"], face=[photo(), photo()], **kw)
+        pipe.generate(["a f l", "b f l", "c f l"], edits=edits(face=[photo(), photo()], face_encoder=enc), **kw)
     (tmp_path / "text.png").write_bytes(b"not an image")
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     Image.new("RGB", (40, 32)).save(tmp_path / "wide.png")
@@ -121,10 +123,10 @@ def test_bad_prompts_photos_and_files_are_refused(files, pipe, tmp_path):
     for name, message in [("text.png", "not a readable image"), ("dot.png", "1x1; expected an aligned square"),
                           ("wide.png", "40x32; expected an aligned square"), ("float.tiff", "mode 'F'")]:
         with pytest.raises(edit.FaceError, match=message):
-            pipe.generate("a photo of f l", face=str(tmp_path / name), **kw)
+            pipe.generate("a photo of f l", edits=edits(face=str(tmp_path / name), face_encoder=enc), **kw)
     objects = Image.fromarray(faces.np.asarray(faces.w.render(faces.w.Scene("object", "white", [faces.w.Obj("circle", "red")]))))
     with pytest.raises(edit.FaceError, match="no face found"):
-        pipe.generate("a photo of f l", face=objects, **kw)
+        pipe.generate("a photo of f l", edits=edits(face=objects, face_encoder=enc), **kw)
     with pytest.raises(ArtifactError, match="not a pipeline artifact"):
         pipe.add_artifact(files[1])
     with pytest.raises(edit.FaceError, match="must end in .f2d.safetensors"):
@@ -190,7 +192,7 @@ def test_the_identifier_is_a_known_word_with_a_face(files, pipe, caplog):
     import logging
 
     with caplog.at_level(logging.WARNING, logger="personalize.pipeline"):
-        pipe.generate("a photo of f l", face=photo(), face_encoder=str(files[1]), seed=0, steps=2)
+        pipe.generate("a photo of f l", edits=edits(face=photo(), face_encoder=str(files[1])), seed=0, steps=2)
     assert "does not know" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="personalize.pipeline"):
         pipe.generate("a photo of f l", seed=0, steps=2)  # without a face, "f l" are unknown words
@@ -201,5 +203,5 @@ def test_no_shipped_toy_encoder_is_a_clear_error(pipe, tmp_path, monkeypatch):
     import personalize.resources
 
     monkeypatch.setattr(personalize.resources, "asset", lambda *parts: tmp_path.joinpath(*parts))
-    with pytest.raises(edit.FaceError, match="train one with `python training/toyworld_f2d.py`"):
-        pipe.generate("a photo of f l", face=photo(), seed=0, steps=2)
+    with pytest.raises(edit.FaceError, match="train one with `python training/toyworld/f2d.py`"):
+        pipe.generate("a photo of f l", edits=edits(face=photo()), seed=0, steps=2)

@@ -13,6 +13,7 @@ from personalize.artifacts import ArtifactContent, load_artifact
 from personalize.components import load_components
 from personalize.methods import REGISTRY, MethodRecord, record_for_artifact
 from personalize.methods import blocks
+from personalize.methods.base import MethodError
 from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.personalization.parts import TokenRows
 from personalize.pipeline import load_pipeline
@@ -205,3 +206,70 @@ def test_a_new_method_trains_through_the_public_protocol(tmp_path, tiny_sd1, con
     undo = record_for_artifact(art, registry).apply(pipe.sd, art)
     assert torch.equal(pipe.sd.text_encoder.get_input_embeddings().weight[-1], row)
     undo()
+
+
+@dataclass
+class SuffixOptions:
+    word: str = ""
+
+
+class Suffix:
+    """A throw-away generation edit: appends a word to every prompt (what a new inference method plugs into)."""
+
+    def __init__(self, options, profile=None):
+        o = SuffixOptions(**options) if isinstance(options, dict) else options
+        if not o.word:
+            raise MethodError("edit 'suffix' needs a word")
+        self.word = o.word
+
+    def check(self, sd, prompts):
+        if any(self.word in p for p in prompts):
+            raise MethodError(f"the prompt already says {self.word!r}")
+
+    def call_kwargs(self, sd, call):
+        return call | {"prompt": [f"{p} {self.word}" for p in call["prompt"]]}, lambda: None
+
+    def describe(self):
+        return {"suffix": self.word}
+
+    def label(self):
+        return f"Suffix: {self.word}"
+
+
+def test_a_new_inference_edit_reaches_the_cli_the_studio_and_the_app(tmp_path, tiny_sd1, pipe_sd1):
+    """Registered in a copy of the registry only: no front end is edited to offer it."""
+    import json
+
+    from personalize.app.ui import Callbacks, build
+    from personalize.cli import main
+    from personalize.studio import Studio
+
+    registry = REGISTRY | {"suffix": MethodRecord("suffix", SuffixOptions, None, None, "inference", edit=Suffix)}
+    kw = {"seed": [3], "steps": 3}
+    want = pixels(pipe_sd1.generate("a photo of a dog cat", **kw)[0])
+    assert not (want == pixels(pipe_sd1.generate("a photo of a dog", **kw)[0])).all()
+    # CLI: --edit NAME KEY=VALUE
+    out = tmp_path / "cli"
+    assert main(["generate", "--base", str(tiny_sd1), "--prompt", "a photo of a dog", "--seeds", "3", "--steps", "3",
+                 "--out", str(out), "--no-progress", "--edit", "suffix", "word=cat"], registry=registry) == 0
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["suffix"] == "cat"
+    from PIL import Image
+
+    assert (np.asarray(Image.open(out / record["file"]), dtype=np.int16) == want).all()
+    assert main(["generate", "--base", str(tiny_sd1), "--prompt", "a dog", "--out", str(tmp_path / "x"),
+                 "--edit", "suffix", "word=cat"]) == 2  # the default registry has no such edit
+    # Studio: a plain description
+    studio = Studio(pipe_sd1, tmp_path / "arts", tmp_path / "app", registry=registry)
+    assert "suffix" in studio.edit_names()
+    (image,) = studio.generate("a photo of a dog", edits={"suffix": {"word": "cat"}}, seed=[3], steps=3)
+    assert (pixels(image) == want).all() and image.labels == ("Suffix: cat",)
+    with pytest.raises(MethodError, match="already says 'cat'"):
+        studio.check("a photo of a cat", edits={"suffix": {"word": "cat"}})
+    # App: the generic edit control offers it and the generate callback applies it
+    demo = build(studio)
+    (menu,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "edit_name"]
+    assert "suffix" in [value for _, value in menu.choices]
+    shown, info, images = Callbacks(studio).generate("a photo of a dog", "", [], 3, 3, 7.5, None, None, 1, "", "off",
+                                                     edit_name="suffix", edit_options="word: cat")
+    assert (pixels(images[0]) == want).all() and '"suffix": "cat"' in info

@@ -1,4 +1,4 @@
-"""generate(suppress=...) and `personalize generate --suppress` on a tiny SD1 model: what reaches the UNet."""
+"""generate(edits=edits(suppress=...)) and `personalize generate --suppress` on a tiny SD1 model: what reaches the UNet."""
 
 import json
 
@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from helpers import pixels, same_state, state
+from personalize import edits
 from personalize.artifacts import save_embedding
 from personalize.cli import main
 from personalize.methods.suppression.suppress_eot import SuppressError
@@ -24,8 +25,8 @@ def _contexts(pipe):
 
 def test_alpha_zero_is_plain_generation(pipe_sd1):
     plain = pipe_sd1.generate("a man wearing glasses", seed=[3, 4], steps=4)
-    same = pipe_sd1.generate("a man wearing glasses", seed=[3, 4], steps=4, suppress=["glasses"],
-                             suppress_options={"alpha": 0.0, "retain_fraction": 0.0})
+    same = pipe_sd1.generate("a man wearing glasses", seed=[3, 4], steps=4, edits=edits(suppress=["glasses"],
+                             suppress_options={"alpha": 0.0, "retain_fraction": 0.0}))
     assert all(abs(pixels(a).astype(int) - pixels(b)).max() <= 1 for a, b in zip(plain, same))
 
 
@@ -34,7 +35,7 @@ def test_schedule_and_unconditional_rows(pipe_sd1):
     cond, uncond = sd.encode_prompt("a man wearing glasses", "cpu", 1, True)
     seen, handle = _contexts(pipe_sd1)
     try:
-        pipe_sd1.generate("a man wearing glasses", seed=0, steps=5, suppress="glasses")  # retain 0.2 -> step 1 on
+        pipe_sd1.generate("a man wearing glasses", seed=0, steps=5, edits=edits(suppress="glasses"))  # retain 0.2 -> step 1 on
     finally:
         handle.remove()
     assert len(seen) == 5 and all(torch.equal(c[0], uncond[0]) for c in seen)  # the unconditional row, every step
@@ -49,10 +50,10 @@ def test_ito_only_changes_the_embedding(pipe_sd1):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet0, te0 = state(pipe_sd1.sd.unet), state(pipe_sd1.sd.text_encoder)
-    kwargs = {"seed": 0, "steps": 5, "suppress": ["glasses"]}
-    swr = pipe_sd1.generate("a man wearing glasses", **kwargs)[0]
-    ito = pipe_sd1.generate("a man wearing glasses", suppress_mode="swr+ito",
-                            suppress_options={"ito_iters": 2, "ito_step_size": 1000.0}, **kwargs)[0]
+    kwargs = {"seed": 0, "steps": 5}
+    swr = pipe_sd1.generate("a man wearing glasses", edits=edits(suppress=["glasses"]), **kwargs)[0]
+    ito = pipe_sd1.generate("a man wearing glasses", edits=edits(suppress=["glasses"], suppress_mode="swr+ito",
+                            suppress_options={"ito_iters": 2, "ito_step_size": 1000.0}), **kwargs)[0]
     assert not (pixels(swr) == pixels(ito)).all()  # ITO ran (step 1, the one step in [1, 2))
     assert same_state(state(pipe_sd1.sd.unet), unet0) and same_state(state(pipe_sd1.sd.text_encoder), te0)
     assert all(isinstance(p, AttnProcessor2_0) for p in pipe_sd1.sd.unet.attn_processors.values())
@@ -67,7 +68,7 @@ def test_with_a_multi_vector_trigger(pipe_sd1, tmp_path):
     cond, _ = sd.encode_prompt(prompt, "cpu", 1, True)
     seen, handle = _contexts(pipe_sd1)
     try:
-        pipe_sd1.generate(prompt, seed=0, steps=2, suppress="hat", suppress_options={"retain_fraction": 0.0})
+        pipe_sd1.generate(prompt, seed=0, steps=2, edits=edits(suppress="hat", suppress_options={"retain_fraction": 0.0}))
     finally:
         handle.remove()
     assert torch.equal(seen[0][1][:6], cond[0][:6]) and not torch.allclose(seen[0][1][6], cond[0][6])
@@ -79,18 +80,18 @@ def test_sd2_shaped_model_runs(tiny_sd2):
 
     pipe = load_pipeline(str(tiny_sd2), device="cpu")
     plain = pipe.generate("a man wearing glasses", seed=0, steps=5)[0]
-    swr = pipe.generate("a man wearing glasses", seed=0, steps=5, suppress="glasses", suppress_mode="swr+ito",
-                        suppress_options={"ito_iters": 1})[0]
+    swr = pipe.generate("a man wearing glasses", seed=0, steps=5, edits=edits(suppress="glasses", suppress_mode="swr+ito",
+                        suppress_options={"ito_iters": 1}))[0]
     assert not (pixels(plain) == pixels(swr)).all()
 
 
 def test_bad_suppress_arguments(pipe_sd1):
     with pytest.raises(SuppressError, match="'cat': it is not a word or span of the prompt 'a dog'"):
-        pipe_sd1.generate("a dog", steps=2, suppress="cat")
+        pipe_sd1.generate("a dog", steps=2, edits=edits(suppress="cat"))
     with pytest.raises(SuppressError, match="suppress_mode"):
-        pipe_sd1.generate("a dog", steps=2, suppress="dog", suppress_mode="ito")
+        pipe_sd1.generate("a dog", steps=2, edits=edits(suppress="dog", suppress_mode="ito"))
     with pytest.raises(Exception, match="callback_on_step_end"):
-        pipe_sd1.generate("a dog", steps=2, suppress="dog", callback_on_step_end=lambda *a: a[-1])
+        pipe_sd1.generate("a dog", steps=2, edits=edits(suppress="dog"), callback_on_step_end=lambda *a: a[-1])
 
 
 def test_cli_suppress_writes_its_settings_and_reruns_when_they_change(tiny_sd1, tmp_path):

@@ -10,15 +10,9 @@ from __future__ import annotations
 import gradio as gr
 
 from personalize.errors import PersonalizeError
-from personalize.pipeline import default_guidance
 
 SUPPRESS_MODES = ["off", "swr", "swr+ito"]
-EXAMPLES = {  # prompts the base understands: the toy world's grammar, or everyday SD prompts
-    "toyworld": ["a small red triangle with stripes on a black background",
-                 "a photo of a smiling person wearing glasses on a blue background",
-                 "a blue circle and a yellow square on a pink background"],
-    "other": ["a photo of a dog on the beach, golden hour", "a watercolor painting of a lighthouse at dusk"],
-}
+FACE_EDIT, SUPPRESS_EDIT = "face2diffusion", "suppress_eot"  # the two edits with controls of their own
 SHOW_MIN_SIDE = 256  # smaller images (the toy world's 32 px) are enlarged for display, nearest-neighbour
 
 
@@ -35,8 +29,8 @@ def _choices(studio) -> tuple[list[tuple[str, str]], str]:
     """(CheckboxGroup choices as (label, path relative to the folder), markdown listing the unusable files)."""
     usable, unusable = [], []
     for entry in studio.entries():
-        if entry.face and entry.usable:
-            continue  # a face encoder or person file: the Face accordion's choice, not an artifact to apply
+        if entry.edit and entry.usable:
+            continue  # a file an edit reads (a face encoder or person file): that edit's choice, not applied
         (usable if entry.usable else unusable).append((entry.label, entry.rel))
     note = "\n".join(f"- {label}" for label, _ in unusable)
     return usable, (f"**Not usable with this model:**\n{note}" if note else "")
@@ -48,26 +42,42 @@ class Callbacks:
     def __init__(self, studio):
         self.studio = studio
 
-    def _edits(self, suppress, suppress_mode, face, face_file) -> list:
-        return self.studio.edits(suppress, suppress_mode) + self.studio.face_edits(face, face_file or "")
+    def _face(self, face, face_file) -> list:
+        if face is None and not face_file:
+            return []
+        options = {"face": [] if face is None else [face], "file": face_file or ""}
+        if face is not None:  # the detector is made on the first photo, then kept
+            options["detector"] = self.studio.face_detector()
+        return [(FACE_EDIT, options)]
+
+    def _edits(self, suppress, suppress_mode, face, face_file, edit_name="", edit_options="") -> list:
+        """The controls' edits as one description: the face, the suppressed words, then the chosen other edit."""
+        pairs = self._face(face, face_file)
+        words = [w.strip() for w in (suppress or "").split(",") if w.strip()]
+        if words and suppress_mode != "off":
+            pairs.append((SUPPRESS_EDIT, {"words": words, "suppress_mode": suppress_mode}))
+        if edit_name:
+            pairs.append((edit_name, self.studio.read_options(edit_options, edit_name)))
+        return self.studio.edits(pairs)
 
     def check(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-              suppress, suppress_mode, compare=False, face=None, face_file=""):
+              suppress, suppress_mode, compare=False, face=None, face_file="", edit_name="", edit_options=""):
         """Run before `generate` (same inputs, no outputs): a bad setting is a message, and the gallery keeps
         the last images instead of an error overlay (gradio marks the failing event's outputs)."""
         try:
-            self.studio.check(prompt, artifacts, num_images, self._edits(suppress, suppress_mode, face, face_file),
-                              compare)
+            edits = self._edits(suppress, suppress_mode, face, face_file, edit_name, edit_options)
+            self.studio.check(prompt, artifacts, num_images, edits, compare)
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
 
     def generate(self, prompt, negative_prompt, artifacts, seed, steps, guidance_scale, width, height, num_images,
-                 suppress, suppress_mode, compare=False, face=None, face_file="", progress=gr.Progress(track_tqdm=True)):
+                 suppress, suppress_mode, compare=False, face=None, face_file="", edit_name="", edit_options="",
+                 progress=gr.Progress(track_tqdm=True)):
         """The images; with `compare`, each beside the same seed without the erasure artifacts."""
         settings = {"steps": steps, "guidance_scale": guidance_scale, "width": width, "height": height,
                     "num_images": num_images}
         try:
-            settings["edits"] = self._edits(suppress, suppress_mode, face, face_file)
+            settings["edits"] = self._edits(suppress, suppress_mode, face, face_file, edit_name, edit_options)
             if not compare:
                 images = self.studio.generate(prompt, negative_prompt, artifacts, seed, **settings)
                 return [(shown(im.image), f"seed {im.settings['seed']}") for im in images], \
@@ -89,7 +99,7 @@ class Callbacks:
         if face is None:
             return None
         try:
-            return shown(self.studio.face_preview(face, face_file or ""))
+            return shown(self.studio.preview(self._face(face, face_file)))
         except PersonalizeError as err:
             raise gr.Error(str(err)) from None
 
@@ -118,7 +128,7 @@ class Callbacks:
 
 
 def _prompt_column(studio) -> dict:
-    examples = EXAMPLES["toyworld" if studio.pipe.base == "toyworld" else "other"]
+    examples = list(studio.pipe.profile.examples)
     c = {"prompt": gr.Textbox(label="Prompt", lines=2, elem_id="prompt", placeholder=f"e.g. {examples[0]}"),
          "negative": gr.Textbox(label="Negative prompt", lines=1)}
     gr.Examples([[e] for e in examples], [c["prompt"]], label="Try")
@@ -131,9 +141,10 @@ def _prompt_column(studio) -> dict:
         c["upload"] = gr.File(label="Add a .safetensors artifact", file_types=[".safetensors"], file_count="single",
                               height=80)
     with gr.Accordion("Face (Face2Diffusion): put a person where the prompt says 'f l'", open=False):
-        faces = [("the toy world's encoder" if studio.pipe.base == "toyworld" else "(choose an encoder)", "")]
-        faces += [(f"{e.rel} | {e.face}" + (f" | licence: {e.licence}" if e.licence else ""), e.rel)
-                  for e in studio.face_files()]  # converted official weights: CC BY-NC-SA, non-commercial
+        shipped = studio.pipe.profile.face_encoder is not None
+        faces = [(f"the {studio.pipe.profile.name} base's shipped encoder" if shipped else "(choose an encoder)", "")]
+        faces += [(f"{e.rel} | {e.shows}" + (f" | licence: {e.licence}" if e.licence else ""), e.rel)
+                  for e in studio.edit_files(FACE_EDIT)]  # converted official weights: CC BY-NC-SA, non-commercial
         with gr.Row():
             aligned = studio.face_detector_spec == "none"  # photos taken as they are: aligned crops
             c["face"] = gr.Image(type="pil", label="Face photo" + (" (an aligned square crop)" if aligned else ""),
@@ -145,6 +156,12 @@ def _prompt_column(studio) -> dict:
     with gr.Accordion("Suppress (SuppressEOT): leave words of the prompt out of the image", open=False):
         c["suppress"] = gr.Textbox(label="Words or spans to suppress (comma-separated)", elem_id="suppress")
         c["suppress_mode"] = gr.Radio(SUPPRESS_MODES, value="swr", label="Mode (swr+ito: slower, stronger)")
+    with gr.Accordion("Other edit: any inference method of the registry, its options as YAML", open=False):
+        with gr.Row():
+            c["edit_name"] = gr.Dropdown([("(none)", "")] + [(n, n) for n in studio.edit_names()], value="",
+                                         label="Edit", elem_id="edit_name")
+            c["edit_options"] = gr.Textbox("", label="Options (YAML, e.g. words: [glasses])", lines=2,
+                                           elem_id="edit_options")
     with gr.Accordion("Export: a file for AUTOMATIC1111, ComfyUI, kohya or diffusers", open=False):
         with gr.Row():
             c["export_file"] = gr.Dropdown([rel for _, rel in choices], label="Artifact", elem_id="export_file")
@@ -162,7 +179,7 @@ def _settings_column(studio) -> dict:
         c["num_images"] = gr.Slider(1, 8, value=2, step=1, label="Images")
     with gr.Row():
         c["steps"] = gr.Slider(1, 100, value=25, step=1, label="Steps")
-        c["guidance"] = gr.Slider(1, 20, value=default_guidance(studio.pipe.base), step=0.5, label="Guidance scale")
+        c["guidance"] = gr.Slider(1, 20, value=studio.pipe.profile.guidance_scale, step=0.5, label="Guidance scale")
     with gr.Row():
         c["width"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Width")
         c["height"] = gr.Slider(size // 4, size * 2, value=size, step=8, label="Height")
@@ -190,7 +207,8 @@ def build(studio, title: str = "personalize") -> gr.Blocks:
             save = gr.Button("Save to outputs", elem_id="save")
             saved = gr.Markdown()
         inputs = [c[k] for k in ("prompt", "negative", "artifacts", "seed", "steps", "guidance", "width", "height",
-                                 "num_images", "suppress", "suppress_mode", "compare", "face", "face_file")]
+                                 "num_images", "suppress", "suppress_mode", "compare", "face", "face_file",
+                                 "edit_name", "edit_options")]
         checked = c["run"].click(on.check, inputs, None, api_visibility="private", show_progress="hidden",
                                  concurrency_limit=1, concurrency_id="model")
         checked.success(on.generate, inputs, [gallery, info, last], api_name="generate", concurrency_limit=1,

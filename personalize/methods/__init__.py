@@ -20,7 +20,7 @@ from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
 from personalize.methods.class_tokens import dct
 from personalize.methods import face2diffusion
 from personalize.methods.erasure import abo, esd, uce
-from personalize.methods.erasure.apply import apply_erasure
+from personalize.methods.erasure.apply import apply_erasure, describe_erasure
 from personalize.methods.face2diffusion import edit as f2d_edit, mapping_stage, msid_stage
 from personalize.methods.personalization import (
     classdiffusion, custom_diffusion, dreambooth, lora, sude, textual_inversion,
@@ -32,9 +32,9 @@ from personalize.methods.suppression import suppress_eot
 logger = logging.getLogger(__name__)
 
 
-def _trained(module, kind: str) -> MethodRecord:
+def _trained(module, kind: str, describe=None) -> MethodRecord:
     name = module.Options.name
-    return MethodRecord(name, module.Options, module.build, apply_parts, kind)
+    return MethodRecord(name, module.Options, module.build, apply_parts, kind, describe=describe)
 
 
 REGISTRY: dict[str, MethodRecord] = {
@@ -45,22 +45,23 @@ REGISTRY: dict[str, MethodRecord] = {
     "classdiffusion": _trained(classdiffusion, "regularizer"),  # on a personalization base (`method.base`)
     "sude": _trained(sude, "regularizer"),
     # one token row steered by a frozen classifier through generated images (no training images)
-    "dct": _trained(dct, "classifier"),
+    "dct": _trained(dct, "classifier", dct.describe),
     # Face2Diffusion: an encoder trained once (stage 1 MSID, stage 2 mapping network); a face is a generation edit
     "f2d_msid": MethodRecord("f2d_msid", msid_stage.Options, msid_stage.build, face2diffusion.apply_refused, "encoder"),
     "face2diffusion": MethodRecord("face2diffusion", mapping_stage.Options, mapping_stage.build,
                                    face2diffusion.apply_refused, "encoder", edit=f2d_edit.edit,
-                                   preset=face2diffusion.INFERENCE_PRESET),
+                                   preset=face2diffusion.INFERENCE_PRESET, describe=face2diffusion.describe),
     # concept erasure: the UNet fine-tuned against a frozen copy; artifacts hold differences (`weights: diff`)
-    "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure"),
-    "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure"),
-    "uce": MethodRecord("uce", uce.Options, uce.build, apply_erasure, "erasure"),  # closed form, no loop
+    "esd": MethodRecord("esd", esd.Options, esd.build, apply_erasure, "erasure", describe=describe_erasure),
+    "abo": MethodRecord("abo", abo.Options, abo.build, apply_erasure, "erasure", describe=describe_erasure),
+    "uce": MethodRecord("uce", uce.Options, uce.build, apply_erasure, "erasure",  # closed form, no loop
+                        describe=describe_erasure),
     # content suppression trains nothing and has no artifact: a generation edit (`Pipeline.generate(edits=...)`)
     "suppress_eot": MethodRecord("suppress_eot", suppress_eot.Suppression, None, None, "inference",
                                  edit=suppress_eot.edit),
 }
 
-__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "make_edit",
+__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "edits_from", "make_edit",
            "parse_options", "record_for_artifact", "training_record"]
 
 
@@ -82,13 +83,28 @@ def record_for_artifact(art, registry: dict = REGISTRY) -> MethodRecord:
     return record
 
 
-def make_edit(name: str, options, registry: dict = REGISTRY):
-    """The generation edit of an inference method (`Pipeline.generate(edits=[...])`), from its options."""
+def make_edit(name: str, options, profile=None, registry: dict = REGISTRY):
+    """The generation edit of an inference method (`Pipeline.generate(edits=[...])`), from its options, for a
+    base of `profile` (`personalize.profiles`; None: the method's default, or its options' `base`)."""
     record = registry.get(name)
     if record is None or record.edit is None:
         known = ", ".join(n for n, r in registry.items() if r.edit is not None)
         raise MethodError(f"{name!r} is not a generation edit; known edits: {known}")
-    return record.edit(options)
+    if options is not None and not isinstance(options, dict) and not dataclasses.is_dataclass(options):
+        raise MethodError(f"the options of edit {name!r} must be a mapping of option names to values, got "
+                          f"{type(options).__name__}")
+    return record.edit(options or {}, profile)
+
+
+def edits_from(description, profile=None, registry: dict = REGISTRY) -> list:
+    """The generation edits of a plain description, in its order: {method name: options} or a list of
+    (name, options) pairs (the same method twice), e.g. {"suppress_eot": {"words": ["glasses"]}}. Every front
+    end builds its edits here: the CLI's --edit and shorthand flags, the Studio and the app, the Python API."""
+    pairs = list(description.items()) if isinstance(description, dict) else list(description or ())
+    if any(not isinstance(p, (tuple, list)) or len(p) != 2 for p in pairs):
+        raise MethodError("an edit description is {method name: options} or a list of (name, options) pairs, "
+                          f"got {description!r}")
+    return [make_edit(name, options, profile, registry) for name, options in pairs]
 
 
 def build_method(config, registry: dict = REGISTRY) -> TrainingMethod:
@@ -138,8 +154,13 @@ def _parse(name: str, options_cls, section: dict, registry: dict, label: str | N
            prefix: str = "method."):
     fields = _fields(options_cls)
     hints = typing.get_type_hints(options_cls)
+    renamed = getattr(options_cls, "RENAMED", {})
     values = {}
     for key, value in section.items():
+        if key in renamed:
+            logger.warning("option '%s%s' of method %s is now '%s%s' (the old name is deprecated)", prefix, key,
+                           label or name, prefix, renamed[key])
+            key = renamed[key]
         if key not in fields:
             owners = [m for m, r in registry.items() if r.options and key in _fields(r.options)]
             where = f"it belongs to method {' / '.join(owners)}, not {name}" if owners else "no method has it"

@@ -64,9 +64,16 @@ class MethodRecord:
     kind: personalization | regularizer (sits on a personalization base, `method.base`) | classifier (no images:
     a frozen classifier steers it, dct) | encoder (a network trained once on a dataset: Face2Diffusion) | erasure |
     inference.
-    edit: `edit(options) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`).
+    edit: `edit(options, profile) -> Edit` for inference-time methods (generation edits, `personalize.pipeline`);
+    `options` is a dict (or the method's options dataclass), `profile` the base's `personalize.profiles.Profile`
+    (None: the method's own default).
     preset: the official inference script's sampling settings (scheduler, steps, guidance_scale, height, width),
-    what `personalize generate --preset <name>` fills in where a flag does not say otherwise."""
+    what `personalize generate --preset <name>` fills in where a flag does not say otherwise.
+    describe: `describe(artifact) -> dict`, what a front end shows of one of its files (None: nothing more than
+    the trigger words): "shows" (text in place of the trigger words: "erases: dog"), "note" (text after them:
+    "class: dog"), "edit" (the name of the generation edit that reads the file as its `file` option: the file
+    is a choice of that edit, not an artifact to apply), "compare" (True: the app's comparison shows the images
+    without it)."""
 
     name: str
     options: type | None
@@ -75,6 +82,7 @@ class MethodRecord:
     kind: str
     edit: Callable | None = None
     preset: dict | None = None
+    describe: Callable | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -36,3 +36,9 @@ def apply_erasure(pipe, art: Artifact):
     if art.kind not in KINDS:
         raise ArtifactError(f"{art.path}: weights kind {art.kind!r} is not one of {art.method}'s kinds {KINDS}")
     return write_parameters(_targets(pipe, art), add=True)
+
+
+def describe_erasure(art) -> dict:
+    """What the app shows of an erasure file: the concepts it erases; the comparison shows the images without it."""
+    concepts = art.metadata.get("concepts", "")
+    return {"shows": f"erases: {concepts}", "compare": True} if concepts else {}

@@ -20,4 +20,10 @@ INFERENCE_PRESET = {"scheduler": "euler_a", "steps": 30, "guidance_scale": 7.0, 
 def apply_refused(sd_pipe, artifact):
     """Face2Diffusion files change no weight of the pipeline: they are read by the face edit."""
     raise ArtifactError(f"{artifact.path} is a Face2Diffusion {artifact.kind} file, not a pipeline artifact: pass it "
-                        "as face_encoder (encoder) or person (person file) to generate / --face-encoder / --person")
+                        "to the face edit: personalize.edits(face_encoder=...) or person=..., --face-encoder or --person")
+
+
+def describe(art) -> dict:
+    """An encoder or person file is a choice of the face edit (its `file` option), not an artifact to apply."""
+    shows = {"f2d_encoder": "encoder", "f2d_identity": "person"}.get(art.kind)
+    return {"shows": shows, "edit": "face2diffusion"} if shows else {}

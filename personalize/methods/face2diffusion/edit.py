@@ -1,8 +1,8 @@
 """Face2Diffusion at inference: a generation edit (`personalize.pipeline.Edit`) that puts a face where the prompt
 says "f l", and the per-person file that keeps a face's two vectors without the encoder.
 
-    edit = make_edit("face2diffusion", {"encoder": "face2diffusion.safetensors", "face": ["photo.png"]})
-    pipe.generate("a photo of f l smiling", edits=[edit])      # or pipe.generate(..., face="photo.png")
+    pipe.generate("a photo of f l smiling",
+                  edits={"face2diffusion": {"encoder": "face2diffusion.safetensors", "face": ["photo.png"]}})
     save_person("alice.f2d.safetensors", ...)                  # then {"person": ["alice.f2d.safetensors"]}
 
 Faces: one for every prompt, or one per prompt. A face photo is an aligned square crop (the encoder's input,
@@ -17,13 +17,13 @@ not reproduce Face2Diffusion: the person file is read only here.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from personalize.artifacts import Artifact, ArtifactError, make_metadata
+from personalize.artifacts import Artifact, ArtifactError, load_artifact, make_metadata
 from personalize.atomic import atomic_save_file
 from personalize.face import MAX_PIXELS
 from personalize.methods.base import MethodError
@@ -138,15 +138,20 @@ class FaceEdit:
                                      if photos else [])
         self.by_prompt: dict[str, Face] = {}
 
-    def check(self, sd, prompts: list[str]) -> None:
-        """One face for every prompt, or one per prompt (remembered by prompt, so that a batch command that
-        splits the prompts into calls gives each its face)."""
-        if len(self.faces) > 1 and not all(p in self.by_prompt for p in prompts):
+    def bind(self, prompts: list[str]) -> None:
+        """Pair one face with each prompt of a job that will be generated in several calls (the batch command),
+        remembered by prompt; with one face there is nothing to pair."""
+        if len(self.faces) > 1:
             if len(self.faces) != len(prompts):
                 raise FaceError(f"{len(self.faces)} faces for {len(prompts)} prompts: give one face, or one per "
                                 "prompt")
             if len(set(prompts)) == len(prompts):  # repeated prompts: faces in order, in one call
                 self.by_prompt = dict(zip(prompts, self.faces))
+
+    def check(self, sd, prompts: list[str]) -> None:
+        """One face for every prompt, or one per prompt (in this call, or paired by `bind`)."""
+        if len(self.faces) > 1 and len(self.faces) != len(prompts) and not all(p in self.by_prompt for p in prompts):
+            raise FaceError(f"{len(self.faces)} faces for {len(prompts)} prompts: give one face, or one per prompt")
         width = sd.text_encoder.get_input_embeddings().weight.shape[1]
         if self.faces[0].first.shape[-1] != width:
             raise FaceError(f"the face vectors have width {self.faces[0].first.shape[-1]}, the text encoder {width}: "
@@ -178,6 +183,14 @@ class FaceEdit:
     def describe(self) -> dict:
         return {"face": [f.name for f in self.faces]}
 
+    def preview(self):
+        """The crop the encoder read of the first photo (PIL image): what the app shows beside an upload."""
+        from PIL import Image
+
+        if not self.crops:
+            raise FaceError("the face edit has no photo to preview (a person file has no crop)")
+        return Image.fromarray(self.crops[0])
+
     def label(self) -> str:
         return "Face: " + ", ".join(f.name for f in self.faces)
 
@@ -188,17 +201,36 @@ def _nothing() -> None:
 
 @dataclass
 class FaceOptions:
-    """`make_edit("face2diffusion", {...})`: an encoder file and photos, and/or person files. `detector`: how a
-    photo's face is found and aligned (`personalize.face.resolve_detector`: a model pack folder or .onnx,
-    "cascade", "none", or a detector already made); "" is "none" on the toy world, whose photos are aligned crops
-    (each checked with Judge A's face detector instead), and insightface's default pack elsewhere.
-    `base: toyworld` makes the shipped toy encoder the default."""
+    """`make_edit("face2diffusion", {...}, profile)`: an encoder file and photos, and/or person files. `detector`:
+    how a photo's face is found and aligned (`personalize.face.resolve_detector`: a model pack folder or .onnx,
+    "cascade", "none", or a detector already made); "" is the base's default (`Profile.face_detector`: "none" on
+    the toy world, whose photos are aligned crops checked by its `face_check`, insightface's default pack
+    elsewhere). Without `encoder`, the base's shipped encoder (`Profile.face_encoder`) is used where it has one.
+    `file`: an encoder or a person file, told apart by its kind (one choice for both, as the app offers).
+    `base`: the base's name, read when no profile is given (older callers)."""
 
     encoder: str | Artifact = ""  # a file, or its loaded artifact (read once)
     face: list = field(default_factory=list)
     person: list = field(default_factory=list)
     base: str = ""
     detector: object = ""
+    file: str | Artifact = ""
+
+
+def _sort_file(o: FaceOptions) -> FaceOptions:
+    """`file` put where its kind says: a person file into `person` (then no photo), an encoder into `encoder`."""
+    if not o.file:
+        return o
+    art = o.file if isinstance(o.file, Artifact) else load_artifact(o.file)
+    name = Path(art.path).name
+    if art.kind == "f2d_identity":
+        if _listed(o.face):
+            raise FaceError(f"{name} is a person file: it needs no photo (choose an encoder to use the photo, or "
+                            "leave the photo out)")
+        return replace(o, file="", person=_listed(o.person) + [art])
+    if not _listed(o.face):
+        raise FaceError(f"{name} is a face encoder: give a face photo to go with it")
+    return replace(o, file="", encoder=art)
 
 
 def _listed(value) -> list:
@@ -207,40 +239,42 @@ def _listed(value) -> list:
     return [value] if isinstance(value, (str, Path, Artifact)) or hasattr(value, "size") else list(value)
 
 
-def _detector(spec, base: str):
+def _detector(spec, default: str):
     """A detector object for the option's value (made once by the caller, e.g. the app, or here from its spec)."""
     if spec and not isinstance(spec, (str, Path)):
         return spec
     from personalize.face import detector_spec, resolve_detector
 
-    return resolve_detector(detector_spec(spec, base))
+    return resolve_detector(detector_spec(spec, default))
 
 
-def edit(options: dict | FaceOptions) -> FaceEdit:
-    o = options if isinstance(options, FaceOptions) else FaceOptions(**options)
+def edit(options: dict | FaceOptions, profile=None) -> FaceEdit:
+    from personalize.profiles import profile_for
+
+    o = _sort_file(options if isinstance(options, FaceOptions) else FaceOptions(**options))
+    profile = profile or profile_for(o.base)
     photos, people = _listed(o.face), [load_person(p) for p in _listed(o.person)]
     encoder = o.encoder
-    if o.base == "toyworld":
-        from personalize.resources import asset
-
-        shipped = asset("toyworld_f2d", "face2diffusion.safetensors")
+    if profile.face_encoder is not None:
+        shipped = profile.face_encoder()
         if photos and not encoder and not shipped.exists():
-            raise FaceError(f"no toy-world face encoder at {shipped}: train one with `python training/"
-                            "toyworld_f2d.py` (both stages, about 30 min on 2 CPU cores) or pass --face-encoder FILE")
+            raise FaceError(f"no face encoder at {shipped} (the {profile.name} base's shipped one): "
+                            f"{profile.face_encoder_howto}")
         encoder = encoder or str(shipped)
     if photos and not encoder:
         raise FaceError(NEEDS_ENCODER)
-    detector = _detector(o.detector, o.base) if photos else None
-    # the toy world's photos are aligned crops, checked by Judge A's face detector (it knows only toy faces)
-    check = _toy_face_check if o.base == "toyworld" and detector is None else None
+    detector = _detector(o.detector, profile.face_detector) if photos else None
+    # photos taken as aligned crops are checked by the base's face check (the toy world's: Judge A)
+    check = _face_check(profile.face_check, profile.name) if profile.face_check is not None and detector is None else None
     return FaceEdit(FaceEncoder.load(encoder) if photos else None, photos, people, check, detector)
 
 
-def _toy_face_check(photos: list[np.ndarray], names: list[str]) -> None:
-    from personalize.toyworld.faces import faces_found
+def _face_check(found_in, base: str):
+    def check(photos: list[np.ndarray], names: list[str]) -> None:
+        for found, name in zip(found_in(photos, names), names):
+            if not found:
+                raise FaceError(f"face photo {name}: no face found in it (the {base} base's face check, "
+                                "which reads aligned face crops; to align the face of a real photo first, pass --face-detector "
+                                "cascade or an insightface model pack)")
 
-    for found, name in zip(faces_found(photos), names):
-        if not found:
-            raise FaceError(f"face photo {name}: no face found in it (the toy world's face detector, Judge A, which "
-                            "reads aligned toy face crops; to align the face of a real photo first, pass "
-                            "--face-detector cascade or an insightface model pack)")
+    return check

@@ -7,7 +7,7 @@ unconditional embedding. Inference-time optimization (ITO, Sec. 3.3) then nudges
 early steps against cross-attention losses (`personalize.methods.suppression.suppress_ito`). Nothing is trained; the method
 has no artifact, only settings (`Suppression`), applied as a generation edit (`SuppressEdit`, the
 `personalize.pipeline.Edit` protocol): `Pipeline.generate(edits=[edit({"words": ["glasses"]})])`, or the shorthand
-`Pipeline.generate(suppress="glasses")`.
+`Pipeline.generate(edits={"suppress_eot": {"words": ["glasses"]}})`.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ SUPPRESS_MODES = {"swr": 0, "swr+ito": 10}  # ITO iterations per step (official 
 
 
 def make_suppression(words, suppress_mode: str = "swr", options: dict | None = None) -> Suppression:
-    """`generate(suppress=..., suppress_mode=..., suppress_options=...)` -> Suppression; bad names are errors."""
+    """(words, suppress_mode, other `Suppression` fields) -> Suppression; bad names are errors."""
     import dataclasses
 
     if suppress_mode not in SUPPRESS_MODES:
@@ -299,9 +299,10 @@ class SuppressEdit:
         return f"SuppressEdit({self.supp!r})"
 
 
-def edit(options: dict | Suppression) -> SuppressEdit:
+def edit(options: dict | Suppression, profile=None) -> SuppressEdit:
     """The registry's edit builder: a `Suppression`, or a dict of `make_suppression`'s fields: `words` (required),
-    `suppress_mode` ("swr" or "swr+ito", default "swr") and any other `Suppression` field (alpha, ito_iters, ...)."""
+    `suppress_mode` ("swr" or "swr+ito", default "swr") and any other `Suppression` field (alpha, ito_iters, ...).
+    The base's profile changes nothing here."""
     if isinstance(options, Suppression):
         return SuppressEdit(options)
     opts = dict(options)
