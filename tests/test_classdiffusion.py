@@ -184,12 +184,12 @@ def test_a_caption_that_is_the_phrase_gives_the_spl_without_a_pass_of_its_own(tm
     try:
         captions = ["a photo of sks dog", reg.phrase]
         cond = tuner.encode_text(captions)  # the base's own call (1)
-        reg.losses(tuner, SimpleNamespace(cond=cond, captions=captions))  # f(C) computed once on a frozen encoder
+        reg.losses(tuner.base, SimpleNamespace(cond=cond, captions=captions))  # f(C) computed once on a frozen encoder
         calls.clear()
-        shared = reg.losses(tuner, SimpleNamespace(cond=cond, captions=captions))["loss_spl"]
+        shared = reg.losses(tuner.base, SimpleNamespace(cond=cond, captions=captions))["loss_spl"]
         assert len(calls) == (1 if train_text_encoder else 0)  # f(C) again only while the layers train
         alone = tuner.encode_text(captions[:1])
-        fallback = reg.losses(tuner, SimpleNamespace(cond=alone, captions=captions[:1]))["loss_spl"]
+        fallback = reg.losses(tuner.base, SimpleNamespace(cond=alone, captions=captions[:1]))["loss_spl"]
     finally:
         handle.remove()
     assert float(shared) == pytest.approx(float(separate), abs=1e-6)

@@ -1,5 +1,6 @@
 """Config: dataclass defaults, YAML diffs, dotted overrides, unknown keys named, dump round trip."""
 
+import logging
 import pytest
 from pathlib import Path
 
@@ -102,3 +103,16 @@ def test_method_configs_are_diffs_with_valid_options(name):
             for k, v in (raw.get(section) or {}).items() if defaults[section][k] == v
             and k != "instance_data_dir"]  # shown as the one key every user sets
     assert same == [], f"{path.name} repeats defaults: {same}"
+
+
+def test_old_loss_weight_names_still_read_with_a_warning(caplog):
+    from personalize.methods import parse_options
+
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config([], ["--train.prior_loss_weight=0.25"])
+        options = parse_options("sude", {"name": "sude", "class_word": "dog", "sude_weight": 1.5})
+    assert cfg.train.lambda_prior == 0.25 and options.lambda_sude == 1.5
+    assert "'train.prior_loss_weight' is now 'train.lambda_prior'" in caplog.text
+    assert "'method.sude_weight' of method sude is now 'method.lambda_sude'" in caplog.text
+    with pytest.raises(ConfigError, match="unknown config key 'train.prior_weight'"):
+        load_config([], ["--train.prior_weight=1"])

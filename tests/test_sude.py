@@ -8,6 +8,7 @@ import torch
 from helpers import train_config
 
 from personalize.artifacts import load_artifact
+from personalize.methods.personalization.tuner import BaseContext
 from personalize.methods.personalization.sude import SubjectDerived, Options, sude_terms, to_epsilon
 from personalize.methods.personalization.tuner import StepContext
 from personalize.trainer import train
@@ -105,7 +106,7 @@ def test_v_prediction_converts_to_epsilon():
 # ------------------------------------------------------------------------ the regularizer in a step
 
 
-def _fake_tuner(seed=0):
+def _fake_base(seed=0):
     from diffusers import DDPMScheduler
 
     from personalize.tiny import tiny_unet
@@ -113,18 +114,16 @@ def _fake_tuner(seed=0):
     torch.manual_seed(seed)
     unet = tiny_unet(16)
     conds = torch.randn(2, 77, 16)  # category, unconditional
-    return SimpleNamespace(
-        c=SimpleNamespace(unet=unet, scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                                             beta_end=0.012)),
-        spec=SimpleNamespace(train_text_encoder=False), accelerator=SimpleNamespace(autocast=contextlib.nullcontext),
-        encode_text=lambda prompts: conds)
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return BaseContext(None, None, unet, scheduler, None, torch.device("cpu"), False, contextlib.nullcontext,
+                       lambda prompts: conds)
 
 
 def _ctx(tuner, t, is_prior, seed=1):
     b = len(t)
     noisy, cond = torch.randn(b, 4, 8, 8, generator=torch.Generator().manual_seed(seed)), torch.randn(b, 77, 16)
     with torch.no_grad():  # a leaf that stands for the subject pass's prediction
-        pred = tuner.c.unet(noisy, torch.tensor(t), cond).sample.requires_grad_(True)
+        pred = tuner.unet(noisy, torch.tensor(t), cond).sample.requires_grad_(True)
     return StepContext(noisy, noisy, torch.tensor(t), noisy, cond, pred, noisy, torch.tensor(is_prior), None)
 
 
@@ -135,7 +134,7 @@ def _sude(tuner, **kw):
 
 
 def test_per_sample_losses_match_separate_batch_one_runs():
-    tuner = _fake_tuner()
+    tuner = _fake_base()
     reg = _sude(tuner)
     ctx = _ctx(tuner, [50, 400, 800], [False, False, False])
     together = reg.losses(tuner, ctx)["loss_sude"]
@@ -146,7 +145,7 @@ def test_per_sample_losses_match_separate_batch_one_runs():
 
 
 def test_prior_samples_and_t0_get_no_term_and_only_the_subject_pass_gets_gradient():
-    tuner = _fake_tuner()
+    tuner = _fake_base()
     reg = _sude(tuner)
     ctx = _ctx(tuner, [0, 300, 300, 600], [False, False, True, True])  # class word "dog" holds no "sks" test
     out = reg.losses(tuner, ctx)
@@ -158,12 +157,12 @@ def test_prior_samples_and_t0_get_no_term_and_only_the_subject_pass_gets_gradien
     out["loss_sude"].backward()
     grad = ctx.pred.grad.flatten(1).abs().sum(1)
     assert grad[1] > 0 and torch.all(grad[[0, 2, 3]] == 0)
-    assert all(p.grad is None for p in tuner.c.unet.parameters())  # category/uncond passes ran without grad
+    assert all(p.grad is None for p in tuner.unet.parameters())  # category/uncond passes ran without grad
 
 
 def test_weight_zero_reproduces_the_base_exactly(tmp_path, tiny_sd1, concept_dir):
     base = train(train_config(tiny_sd1, concept_dir, tmp_path / "b", "dreambooth", seed=3)).artifact
-    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "s", "sude", {"class_word": "dog", "sude_weight": 0.0}, seed=3)
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "s", "sude", {"class_word": "dog", "lambda_sude": 0.0}, seed=3)
     sude = train(cfg).artifact
     a, b = load_artifact(base), load_artifact(sude)
     assert a.kind == b.kind == "delta"

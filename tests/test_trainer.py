@@ -101,7 +101,7 @@ def test_validation_images_logs_and_config(tmp_path, tiny_sd1, concept_dir):
 
 def test_prior_preservation_generates_and_uses_class_images(tmp_path, tiny_sd1, concept_dir):
     cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "lora", max_train_steps=2,
-                       with_prior_preservation=True, prior_loss_weight=0.5)
+                       with_prior_preservation=True, lambda_prior=0.5)
     cfg.data.class_prompt, cfg.data.num_class_images, cfg.data.class_generation_steps = "a photo of dog", 3, 2
     result = train(cfg)
     assert sorted(p.name for p in (tmp_path / "out" / "class_images").iterdir()) == [

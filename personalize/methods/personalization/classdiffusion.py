@@ -29,7 +29,7 @@ import torch
 
 from personalize.methods.base import MethodError
 from personalize.methods.personalization.bases import base_spec
-from personalize.methods.personalization.tuner import StepContext, Tuner
+from personalize.methods.personalization.tuner import BaseContext, StepContext, Tuner
 
 POOLINGS = ("eos", "official")
 
@@ -120,17 +120,17 @@ class SemanticPreservation:
         self.o = options
         self.f_class = None
 
-    def setup(self, tuner: Tuner) -> None:
-        tok, o = tuner.c.tokenizer, self.o
-        trigger = next(iter(tuner.rows.triggers))
+    def setup(self, base: BaseContext) -> None:
+        tok, o = base.tokenizer, self.o
+        trigger = next(iter(base.rows.triggers))
         self.phrase = o.spl_template.format(token=trigger, cls=o.class_word)
         phrases = [self.phrase, o.spl_class_template.format(cls=o.class_word)]
-        self.ids_p, self.ids_c = (tok(tuner.rows.expand(p), truncation=True, return_tensors="pt").input_ids
-                                  .to(tuner.device) for p in phrases)  # (1, L): no padding, as the official code
-        self.eos_id, self.first_new = tok.eos_token_id, min(tuner.rows.ids)
+        self.ids_p, self.ids_c = (tok(base.rows.expand(p), truncation=True, return_tensors="pt").input_ids
+                                  .to(base.device) for p in phrases)  # (1, L): no padding, as the official code
+        self.eos_id, self.first_new = tok.eos_token_id, min(base.rows.ids)
         # where f(P) sits in a caption that is the phrase (eos pooling: the phrase's own EOS; fixed for the run)
         self.eos_p = int(pool_index(self.ids_p, self.eos_id, "eos")[0]) if o.spl_pooling == "eos" else None
-        self.refresh_class = tuner.spec.train_text_encoder  # layers train: f(C) moves, recompute it every step
+        self.refresh_class = base.train_text_encoder  # layers train: f(C) moves, recompute it every step
 
     def loss_weights(self) -> dict[str, float]:
         return {"loss_spl": self.o.lambda_spl}
@@ -141,8 +141,8 @@ class SemanticPreservation:
             return None
         return next((i for i, caption in enumerate(ctx.captions) if caption == self.phrase), None)
 
-    def losses(self, tuner: Tuner, ctx: StepContext) -> dict[str, torch.Tensor]:
-        te = tuner.c.text_encoder  # the unwrapped module: the gradient reaches the token rows all the same
+    def losses(self, base: BaseContext, ctx: StepContext) -> dict[str, torch.Tensor]:
+        te = base.text_encoder  # the unwrapped module: the gradient reaches the token rows all the same
         cached = None if self.refresh_class else self.f_class
         i = self.caption_index(ctx)
         if i is None:

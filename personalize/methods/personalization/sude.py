@@ -10,9 +10,9 @@ category and unconditional predictions eps_c, eps_u at the same x_t, t (official
     L_raw    = [ mean((mu_s - mu_c)^2) - mean((mu_s - mu_u)^2) ] / (2 * var_t + 1e-6)     per sample
     L_ref    = the same with the category's own mean in place of mu_s
     g        = 1[L_raw > L_ref]          (truncation: stop once the subject is as category-like as the category)
-    loss     = sude_weight * g * L_raw / coef1_t
+    loss     = lambda_sude * g * L_raw / coef1_t
 
-which equals sude_weight * g * F_t * [mean((eps_s-eps_c)^2) - mean((eps_s-eps_u)^2)] (expand the means): the
+which equals lambda_sude * g * F_t * [mean((eps_s-eps_c)^2) - mean((eps_s-eps_u)^2)] (expand the means): the
 gradient pushes eps_s along the classifier-free-guidance direction eps_c - eps_u. Departures from the official
 code (its quirks): per sample, any batch size; prior samples routed by origin, not by a string
 test on the caption; t < `min_timestep` (default 1, the t=0 spike F_0 ~ 851) gets no term; the official
@@ -23,12 +23,13 @@ batched UNet call under no_grad.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from personalize.methods.base import MethodError
 from personalize.methods.personalization.bases import base_spec
-from personalize.methods.personalization.tuner import StepContext, Tuner
+from personalize.methods.personalization.tuner import BaseContext, StepContext, Tuner
 
 TRUNCATIONS = ("reference", "none")
 
@@ -38,13 +39,14 @@ class Options:
     name: str = "sude"
     base: str = "dreambooth"  # the official code's baseline; any personalization base, options under `method.base`
     class_word: str = ""  # required: the category, "dog" for "photo of a sks dog"
-    sude_weight: float = 0.4  # official argparse/yaml default; its examples use 0.8 and 1.6
+    lambda_sude: float = 0.4  # the official --sude_weight: its argparse/yaml default; its examples use 0.8 and 1.6
     category_template: str = "photo of a {cls}"
     uncond_prompt: str = ""
     truncate: str = "reference"  # official rule; "none" for ablations (the loss has no lower bound)
     min_timestep: int = 1  # official 0
     clamp_x0: bool = False  # true: the official clamp of the category/unconditional x0 to [-1, 1]
     base_options: object = None  # the base's Options, filled by `parse_options`
+    RENAMED: ClassVar[dict] = {"sude_weight": "lambda_sude"}  # old option names, read with a warning
 
 
 # --------------------------------------------------------------------------------------- the loss
@@ -103,22 +105,22 @@ class SubjectDerived:
         self.o = options
         self.cond_cache = None
 
-    def setup(self, tuner: Tuner) -> None:
-        self.refresh = tuner.spec.train_text_encoder  # text-encoder layers train: re-encode every step
-        self.alphas_cumprod = tuner.c.scheduler.alphas_cumprod.float()
+    def setup(self, base: BaseContext) -> None:
+        self.refresh = base.train_text_encoder  # text-encoder layers train: re-encode every step
+        self.alphas_cumprod = base.scheduler.alphas_cumprod.float()
 
     def loss_weights(self) -> dict[str, float]:
-        return {"loss_sude": self.o.sude_weight}
+        return {"loss_sude": self.o.lambda_sude}
 
-    def conditioning(self, tuner: Tuner) -> torch.Tensor:
+    def conditioning(self, base: BaseContext) -> torch.Tensor:
         """(2, 77, width): the category prompt and the unconditional prompt, current text encoder, no gradient."""
         if self.cond_cache is None or self.refresh:
             with torch.no_grad():
                 prompts = [self.o.category_template.format(cls=self.o.class_word), self.o.uncond_prompt]
-                self.cond_cache = tuner.encode_text(prompts).detach()
+                self.cond_cache = base.encode_text(prompts).detach()
         return self.cond_cache
 
-    def losses(self, tuner: Tuner, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def losses(self, base: BaseContext, ctx: StepContext) -> dict[str, torch.Tensor]:
         active = ~ctx.is_prior & (ctx.timesteps >= self.o.min_timestep)  # (B,)
         n_inst = int((~ctx.is_prior).sum())
         if not bool(active.any()):
@@ -126,11 +128,11 @@ class SubjectDerived:
             return {"loss_sude": zero, "sude_gate": zero.detach()}
         x_t, t = ctx.noisy[active], ctx.timesteps[active]  # (b, C, h, w), (b,)
         b = x_t.shape[0]
-        cond = self.conditioning(tuner)
+        cond = self.conditioning(base)
         cond = torch.cat([cond[:1].expand(b, -1, -1), cond[1:].expand(b, -1, -1)])  # (2b, 77, width)
-        with torch.no_grad(), tuner.accelerator.autocast():  # one batched call, current weights
-            both = tuner.c.unet(torch.cat([x_t, x_t]).to(cond.dtype), torch.cat([t, t]), cond).sample.float()
-        kind, ac = tuner.c.scheduler.config.prediction_type, self.alphas_cumprod
+        with torch.no_grad(), base.autocast():  # one batched call, current weights
+            both = base.unet(torch.cat([x_t, x_t]).to(cond.dtype), torch.cat([t, t]), cond).sample.float()
+        kind, ac = base.scheduler.config.prediction_type, self.alphas_cumprod
         eps_s = to_epsilon(ctx.pred[active], x_t, t, ac, kind)
         eps_c, eps_u = (to_epsilon(p, x_t, t, ac, kind) for p in both.chunk(2))
         per_sample, gate = sude_terms(eps_s, eps_c, eps_u, x_t, t, ac, self.o.truncate, self.o.clamp_x0)
@@ -148,6 +150,6 @@ def build(options: Options, config) -> Tuner:
         raise MethodError(f"method.truncate must be one of {TRUNCATIONS}, got {o.truncate!r}")
     if o.min_timestep < 0:
         raise MethodError(f"method.min_timestep must be >= 0, got {o.min_timestep}")
-    spec = base_spec(o, {"class_word": o.class_word, "sude_weight": str(o.sude_weight)})
+    spec = base_spec(o, {"class_word": o.class_word, "lambda_sude": str(o.lambda_sude)})
     return Tuner(spec, config, regularizers=(SubjectDerived(o),))
 

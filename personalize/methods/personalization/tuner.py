@@ -12,7 +12,7 @@ the shared blocks of `personalize.methods.blocks`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -60,11 +60,26 @@ class StepContext:
     captions: list[str] = field(default_factory=list)  # the batch's captions, `{}` filled with the trigger
 
 
+@dataclass(frozen=True)
+class BaseContext:
+    """What a regularizer may use of its personalization base, set up once (not the whole `Tuner`)."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module  # unwrapped: a gradient through it still reaches the token rows
+    unet: torch.nn.Module  # unwrapped: for extra no-gradient calls (SuDe's category prediction)
+    scheduler: object
+    rows: TokenRows | None  # the base's new token rows (None for a base without a token)
+    device: torch.device
+    train_text_encoder: bool  # the base trains text-encoder layers: text features move every step
+    autocast: Callable  # the accelerator's autocast context, for extra UNet calls
+    encode_text: Callable[[list[str]], torch.Tensor]  # captions -> (B, 77, width), the base's own text path
+
+
 class Regularizer(Protocol):
     """An extra loss on top of a base (ClassDiffusion's SPL, SuDe): set up after the base, called each step."""
 
-    def setup(self, tuner: "Tuner") -> None: ...
-    def losses(self, tuner: "Tuner", ctx: StepContext) -> dict[str, torch.Tensor]: ...  # "loss_*" + stats
+    def setup(self, base: BaseContext) -> None: ...
+    def losses(self, base: BaseContext, ctx: StepContext) -> dict[str, torch.Tensor]: ...  # "loss_*" + stats
     def loss_weights(self) -> dict[str, float]: ...
 
 
@@ -94,10 +109,9 @@ class Tuner:
         """Class images (with the untouched base), then freeze everything, add tokens, install the trainable
         part, place modules on the device."""
         self.c, self.accelerator = components, accelerator
-        self.class_examples = class_examples(config, components, accelerator)
-        self.device, self.dtype = accelerator.device, blocks.weight_dtype(accelerator)
+        self.class_examples = class_examples(config, components, accelerator)  # before anything changes
+        self.device, self.dtype = blocks.frozen_setup(components, accelerator)
         c, spec, train = components, self.spec, config.train
-        blocks.freeze(c.vae, c.unet, c.text_encoder)
         self.rows = TokenRows.add(c.tokenizer, c.text_encoder, spec.tokens) if spec.tokens else None
         self.procs, self.lora_alpha = {}, float(spec.lora_alpha or spec.lora_rank)
         if train.enable_xformers_memory_efficient_attention:
@@ -122,8 +136,10 @@ class Tuner:
         self.unet, self.text_encoder = c.unet, c.text_encoder  # replaced by wrapped modules in use_modules
         self.encode_latents = blocks.LatentEncoder(c.vae, self.device, self.dtype, train.cache_latents)
         self.text_cache: dict = {}
+        self.base = BaseContext(c.tokenizer, c.text_encoder, c.unet, c.scheduler, self.rows, self.device,
+                                spec.train_text_encoder, accelerator.autocast, self.encode_text)
         for reg in self.regularizers:
-            reg.setup(self)
+            reg.setup(self.base)
 
     @property
     def unet_trains(self) -> bool:
@@ -143,7 +159,7 @@ class Tuner:
             setattr(self, name, module)
 
     def loss_weights(self) -> dict[str, float]:
-        weights = {"loss_prior": self.config.train.prior_loss_weight}
+        weights = {"loss_prior": self.config.train.lambda_prior}
         for reg in self.regularizers:
             weights |= reg.loss_weights()
         return weights
@@ -210,7 +226,7 @@ class Tuner:
         """Regularizer terms (ClassDiffusion's SPL, SuDe); none for the plain bases."""
         out: dict[str, torch.Tensor] = {}
         for reg in self.regularizers:
-            out |= reg.losses(self, ctx)
+            out |= reg.losses(self.base, ctx)
         return out
 
     # ------------------------------------------------------------------------------------ outputs
