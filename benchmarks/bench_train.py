@@ -217,8 +217,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(json.loads(args.one[0]), Path(args.one[1]), Path(args.one[2]), args.steps, args.device)))
         return
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import write_concept_images
+    from personalize.tiny import write_concept_images
 
     from personalize.tiny import save_tiny_model
 

@@ -83,8 +83,7 @@ def per_step(make, short: int, steps: int, env: dict, tmp: Path) -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import write_concept_images
+    from personalize.tiny import write_concept_images
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=Path, required=True, help="folder with diffusers' example scripts")

@@ -145,3 +145,16 @@ def save_named_model(path: str | Path, tokenizer_dir: str | Path, variant: str =
     comps = named_components(tokenizer_dir, variant, width, seed)
     StableDiffusionPipeline(**comps.as_pipeline_kwargs()).save_pretrained(str(path))
     return Path(path)
+
+
+def write_concept_images(folder: Path, colors=("red", "blue", "green"), size=(24, 20)) -> Path:
+    """A small concept folder for tests and benchmarks: solid-color images with a drawn square, so crops and
+    flips differ."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, color in enumerate(colors):
+        image = Image.new("RGB", size, color)
+        ImageDraw.Draw(image).rectangle((2, 2, 9, 9), fill="white")
+        image.save(folder / f"{i}.png")
+    return folder

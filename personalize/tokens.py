@@ -54,11 +54,6 @@ def add_tokens(tokenizer, text_encoder, trigger: str, vectors: torch.Tensor) -> 
     return ids
 
 
-def read_rows(text_encoder, ids: list[int]) -> torch.Tensor:
-    """Rows of the embedding table as a float32 CPU tensor (n, width)."""
-    return text_encoder.get_input_embeddings().weight[ids].detach().float().cpu().clone()
-
-
 @dataclass
 class TokenTableSnapshot:
     """The tokenizer and the embedding table before tokens were added; `restore` undoes the addition exactly.

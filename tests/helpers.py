@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from personalize.tiny import write_concept_images  # noqa: F401 (the tests' name for it)
+
 
 def state(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -35,18 +37,6 @@ def write_diffusers_lora(model_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=layers, safe_serialization=True)
     return out_dir / "pytorch_lora_weights.safetensors"
-
-
-def write_concept_images(folder: Path, colors=("red", "blue", "green"), size=(24, 20)) -> Path:
-    """A small concept folder: solid-color images with a drawn square, so crops and flips differ."""
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, color in enumerate(colors):
-        image = Image.new("RGB", size, color)
-        ImageDraw.Draw(image).rectangle((2, 2, 9, 9), fill="white")
-        image.save(folder / f"{i}.png")
-    return folder
 
 
 def prompt_for(method: str) -> str:

@@ -311,8 +311,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
 
     from model import ensure_model, native_resolution
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import write_concept_images
+    from personalize.tiny import write_concept_images
 
     tiny, start = args.tiny, time.monotonic()
     work = args.work or (args.out if tiny else Path("/tmp/personalize-gpu-bench"))

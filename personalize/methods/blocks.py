@@ -19,14 +19,21 @@ from dataclasses import dataclass
 
 import torch
 
+from personalize.components import DTYPES
 from personalize.methods.base import MethodError
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def weight_dtype(accelerator) -> torch.dtype:
     """The dtype of frozen weights under the accelerator's mixed precision ('no' -> float32)."""
     return DTYPES[str(accelerator.mixed_precision)]
+
+
+def frozen_setup(components, accelerator) -> tuple[torch.device, torch.dtype]:
+    """The prelude every method's `setup` shares: every pipeline part frozen (a method then unfreezes what it
+    trains); returns (the device, the frozen weights' dtype) to `place` them with."""
+    c = components
+    freeze(c.vae, c.unet, c.text_encoder)
+    return accelerator.device, weight_dtype(accelerator)
 
 
 def freeze(*modules: torch.nn.Module) -> None:

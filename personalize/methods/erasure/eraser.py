@@ -59,8 +59,7 @@ class Eraser:
         from diffusers import DDIMScheduler
 
         c, self.c, self.accelerator = components, components, accelerator
-        self.device, self.dtype = accelerator.device, blocks.weight_dtype(accelerator)
-        blocks.freeze(c.vae, c.unet, c.text_encoder)
+        self.device, self.dtype = blocks.frozen_setup(c, accelerator)
         self.teacher = copy.deepcopy(c.unet).eval()
         self.params = selected_parameters(c.unet, self.o.train_method)
         for p in self.params.values():

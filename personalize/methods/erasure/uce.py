@@ -85,7 +85,7 @@ class UCE:
     def setup(self, components, config, accelerator) -> None:
         self.c = c = components
         o = self.o
-        blocks.freeze(c.vae, c.unet, c.text_encoder)
+        blocks.frozen_setup(c, accelerator)  # closed form on the weights as loaded: no device move
         guides = o.guides * len(o.concepts) if len(o.guides) == 1 else list(o.guides)
         with torch.no_grad():
             feats = last_word_features(c.tokenizer, c.text_encoder, sorted(set(o.concepts) | set(guides) |

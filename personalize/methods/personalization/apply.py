@@ -10,6 +10,9 @@ pipeline as it was.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from typing import Callable
 
 import torch
@@ -81,7 +84,9 @@ def _apply_embeddings(pipe, art: Artifact) -> Undo:
 
 
 def _apply_lora(pipe, art: Artifact) -> Undo:
-    adapter = f"a{abs(hash(art.path)) % 10**8}_{art.name}".replace(".", "_").replace("-", "_")
+    # named by the file, the same in every process (str hash() is salted per process)
+    digest = hashlib.sha1(str(Path(art.path).resolve()).encode()).hexdigest()[:8]
+    adapter = f"a{digest}_{art.name}".replace(".", "_").replace("-", "_")
     try:
         pipe.load_lora_weights(dict(art.weights), adapter_name=adapter)
     except Exception as err:  # diffusers raises ValueError/KeyError for layouts it cannot map
