@@ -61,16 +61,19 @@ def _new_accessory_cases() -> list[Case]:
 
 CASES = {"texture": _texture_cases(), "accessory": _accessory_cases()}
 NEW_CASES = {"texture": _new_texture_cases(), "accessory": _new_accessory_cases()}
-ARMS = {  # arm -> generate() keyword arguments; "{words}" is the case's words
+ARMS = {  # arm -> generate() keyword arguments (edits as their plain description); "{words}" is the case's words
     "none": {},
     "negative_prompt": {"negative_prompt": "{words}"},
-    "swr": {"suppress": "{words}", "suppress_mode": "swr"},
-    "swr+ito": {"suppress": "{words}", "suppress_mode": "swr+ito"},
+    "swr": {"edits": {"suppress_eot": {"words": "{words}", "suppress_mode": "swr"}}},
+    "swr+ito": {"edits": {"suppress_eot": {"words": "{words}", "suppress_mode": "swr+ito"}}},
 }
 
 
-def _fill(kwargs: dict, words: str) -> dict:
-    return {k: (v.replace("{words}", words) if isinstance(v, str) else v) for k, v in kwargs.items()}
+def _fill(kwargs, words: str):
+    """`kwargs` with "{words}" filled in, in nested descriptions too."""
+    if isinstance(kwargs, dict):
+        return {k: _fill(v, words) for k, v in kwargs.items()}
+    return kwargs.replace("{words}", words) if isinstance(kwargs, str) else kwargs
 
 
 def measure(pipe, judge, cases: list[Case], arms: dict[str, dict], seeds: int | list[int] = 12, steps: int = 25,
