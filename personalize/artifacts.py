@@ -30,6 +30,9 @@ TRIGGER_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 KIND_RE = re.compile(r"^[a-z0-9_]+$")
 PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth", ".pkl")
 SDXL_KEYS = ("clip_l", "clip_g")
+# CLIP reads 77 tokens, two of them start and end: more vectors than that can never reach the model, and a huge
+# table only makes every prompt slow (a 10,000-vector file took 533 s for one 2-step image)
+MAX_VECTORS = 75
 FOREIGN_EMBEDDING = "textual_inversion"  # the method whose `apply` reads a third-party embedding file
 FOREIGN_LORA = "lora"  # ... and a third-party LoRA file (kind "lora")
 
@@ -144,9 +147,10 @@ def trained_on(art: Artifact) -> str:
     """The instance prompt (or first caption) an artifact's training used, from its metadata; '' if unknown."""
     try:
         data = json.loads(art.metadata.get("config") or "{}").get("data") or {}
-    except (ValueError, AttributeError):
-        return ""
-    return data.get("instance_prompt") or art.metadata.get("example_caption") or ""
+        prompt = data.get("instance_prompt")
+    except (ValueError, AttributeError):  # a foreign file's `config` that is not ours
+        prompt = None
+    return str(prompt or art.metadata.get("example_caption") or "")
 
 
 def _check_safetensors_file(path: Path) -> None:
@@ -189,6 +193,9 @@ def _ours(path: Path, tensors: dict, meta: dict) -> Artifact:
         triggers = json.loads(meta.get("tokens", "[]"))
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path}: metadata 'tokens' is not a JSON list: {err}") from err
+    if not isinstance(triggers, list) or not all(isinstance(t, str) for t in triggers):
+        raise ArtifactError(f"{path}: metadata 'tokens' must be a JSON list of trigger words, got {triggers!r}")
+    _check_config(path, meta)
     missing = [t for t in triggers if t not in tensors]
     if missing:
         raise ArtifactError(f"{path}: metadata lists tokens {missing} that have no tensor in the file")
@@ -198,6 +205,32 @@ def _ours(path: Path, tensors: dict, meta: dict) -> Artifact:
     if kind == "none" and rest:
         raise ArtifactError(f"{path}: tensors {sorted(rest)[:3]} are neither listed tokens nor weights")
     return Artifact(str(path), meta["method"], meta, embeddings, weights=rest, kind=kind)
+
+
+def _check_config(path: Path, meta: dict) -> None:
+    """The `config` metadata, when present, is the JSON object of a training config (sections are objects)."""
+    if "config" not in meta:
+        return
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: metadata 'config' is not JSON: {err}") from None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise ArtifactError(f"{path}: metadata 'config' must be a JSON object of config sections (objects), got "
+                            f"{str(meta['config'])[:80]!r}")
+
+
+def _check_tensors(art: "Artifact") -> None:
+    """Embeddings are [n, width] with 1..MAX_VECTORS rows; every floating tensor is finite."""
+    for trigger, vectors in art.embeddings.items():
+        if vectors.ndim not in (1, 2) or vectors.ndim == 2 and not 1 <= vectors.shape[0] <= MAX_VECTORS:
+            raise ArtifactError(f"{art.path}: embedding {trigger!r} has shape {tuple(vectors.shape)}; expected "
+                                f"[n_vectors, width] with 1 to {MAX_VECTORS} vectors (what CLIP's 77-token context "
+                                "can hold)")
+    for name, tensor in {**art.embeddings, **art.weights}.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(f"{art.path}: tensor {name!r} holds NaN or Inf values; the file is broken "
+                                "(retrain or re-export it)")
 
 
 def _foreign_embedding(path: Path, tensors: dict, width: int | None) -> tuple[str, torch.Tensor]:
@@ -242,6 +275,7 @@ def load_artifact(path: str | Path, width: int | None = None, token: str | None 
     else:
         trigger, vectors = _foreign_embedding(path, tensors, width)
         art = Artifact(str(path), FOREIGN_EMBEDDING, meta, embeddings={trigger: vectors})
+    _check_tensors(art)
     if token is not None:
         if len(art.embeddings) != 1:
             raise ArtifactError(f"token={token!r} renames one embedding, but {path} has {len(art.embeddings)}")

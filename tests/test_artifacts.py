@@ -156,3 +156,50 @@ def test_trigger_named_like_lora_is_still_an_embedding(tmp_path):
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(1, 4)},
               str(tmp_path / "kohya.safetensors"))
     assert load_artifact(tmp_path / "kohya.safetensors").method == "lora"
+
+
+def _write(path, tensors, **meta):
+    from safetensors.torch import save_file
+
+    base = {"format_version": "1", "method": "textual_inversion", "base_model": "x", "weights": "none"}
+    save_file(tensors, str(path), {k: v for k, v in (base | meta).items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize("tensors, meta, message", [
+    ({"zq": torch.zeros(1, 32)}, {"tokens": '["zq"]', "config": '{"data": "x"}'}, "'config' must be a JSON object"),
+    ({"zq": torch.zeros(1, 32)}, {"tokens": '["zq"]', "config": "{not json"}, "'config' is not JSON"),
+    ({"zq": torch.zeros(1, 32)}, {"tokens": "null"}, "'tokens' must be a JSON list of trigger words"),
+    ({"zq": torch.zeros(1, 32)}, {"tokens": '[1]'}, "'tokens' must be a JSON list of trigger words"),
+    ({"zq": torch.tensor(1.0)}, {"tokens": '["zq"]'}, r"shape \(\); expected \[n_vectors, width\]"),
+    ({"zq": torch.zeros(0, 32)}, {"tokens": '["zq"]'}, r"shape \(0, 32\); expected .* 1 to 75 vectors"),
+    ({"zq": torch.zeros(76, 32)}, {"tokens": '["zq"]'}, r"shape \(76, 32\); expected .* 1 to 75 vectors"),
+    ({"zq": torch.full((1, 32), float("nan"))}, {"tokens": '["zq"]'}, "'zq' holds NaN or Inf"),
+    ({"zq": torch.zeros(1, 32), "unet.w": torch.tensor([float("inf")])}, {"tokens": '["zq"]', "weights": "delta"},
+     "'unet.w' holds NaN or Inf"),
+])
+def test_mistyped_metadata_and_bad_tensors_are_one_artifact_error(tmp_path, tensors, meta, message):
+    path = _write(tmp_path / "bad.safetensors", tensors, **meta)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(path)
+    assert load_artifact(_write(tmp_path / "ok.safetensors", {"zq": torch.zeros(75, 32)}, tokens='["zq"]'))
+
+
+def test_foreign_embeddings_are_capped_and_checked_too(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(10_000, 32)}, str(tmp_path / "huge.safetensors"))
+    save_file({"emb_params": torch.full((2, 32), float("-inf"))}, str(tmp_path / "inf.safetensors"))
+    with pytest.raises(ArtifactError, match="1 to 75 vectors"):
+        load_artifact(tmp_path / "huge.safetensors")
+    with pytest.raises(ArtifactError, match="NaN or Inf"):
+        load_artifact(tmp_path / "inf.safetensors")
+
+
+def test_a_malformed_file_is_listed_unusable_and_the_scan_goes_on(tmp_path):
+    from personalize.studio import scan_artifacts
+
+    _write(tmp_path / "bad.safetensors", {"zq": torch.zeros(1, 32)}, tokens='["zq"]', config='{"data": "x"}')
+    _write(tmp_path / "good.safetensors", {"qq": torch.zeros(1, 32)}, tokens='["qq"]')
+    bad, good = scan_artifacts(tmp_path, 32)
+    assert not bad.usable and "'config' must be a JSON object" in bad.reason and good.usable
