@@ -190,10 +190,12 @@ def parse_scalar(raw: str, what: str):
     if raw == "":
         return ""
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]  # one line, not YAML's caret picture
         raise ConfigError(f"{what}: value {raw!r} is not a YAML scalar: {problem}") from None
+    check_size(value, what)
+    return value
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -247,7 +249,28 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    check_size(data, f"config file {path}")
     return data or {}
+
+
+MAX_VALUES = 100_000  # a config is a few hundred values; YAML aliases can make a 400-byte file expand to billions
+
+
+def check_size(data, what: str, limit: int = MAX_VALUES) -> None:
+    """Refuse a YAML value that expands to more than `limit` values once its aliases are followed (a "billion
+    laughs" file): counted with a budget, so a bomb is refused after `limit` steps, not after expanding it."""
+    stack, seen = [data], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ConfigError(f"{what} expands to more than {limit:,} values (YAML aliases repeating lists or "
+                              "mappings?); a config holds a few hundred")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def load_config(paths: list[str | Path] = (), overrides: list[str] | dict | None = None) -> Config:

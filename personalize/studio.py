@@ -182,6 +182,9 @@ class Studio:
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise PersonalizeError(f"the options of {name} are not YAML: {problem}") from None
+        from personalize.config import check_size
+
+        check_size(options, f"the options of {name}")
         if not isinstance(options, dict):
             raise PersonalizeError(f"the options of {name} must be a mapping like 'words: [glasses]', got "
                                    f"{type(options).__name__}")

@@ -116,3 +116,25 @@ def test_old_loss_weight_names_still_read_with_a_warning(caplog):
     assert "'method.sude_weight' of method sude is now 'method.lambda_sude'" in caplog.text
     with pytest.raises(ConfigError, match="unknown config key 'train.prior_weight'"):
         load_config([], ["--train.prior_weight=1"])
+
+
+def _bomb(levels: int = 9) -> str:
+    """A list whose YAML aliases expand to 9**levels strings (the 'billion laughs' shape), in a few hundred bytes."""
+    parts = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    parts += [f"&a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def test_an_alias_bomb_inside_a_list_option_is_refused_quickly(tmp_path):
+    import time
+
+    f = tmp_path / "bomb.yaml"
+    f.write_text(f"method:\n  name: esd\n  concepts: {_bomb()}\n")
+    assert len(f.read_bytes()) < 600
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config([f])
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config([], [f"--method.concepts={_bomb()}"])
+    assert time.perf_counter() - start < 5  # refused after counting, not after expanding 387 million strings
+    load_config([], {"method": {"name": "esd", "concepts": ["a triangle"] * 1000}})  # big but honest: fine
