@@ -113,6 +113,11 @@ def check_train_config(train) -> None:
     bad = [f"train.{k}={getattr(train, k)}" for k in positive if getattr(train, k) < 1]
     if bad:
         raise TrainError(f"{', '.join(bad)}: expected a positive integer")
+    import math
+
+    odd = [f"train.{k}={v}" for k, v in vars(train).items() if isinstance(v, float) and not math.isfinite(v)]
+    if odd:
+        raise TrainError(f"{', '.join(odd)}: expected a finite number")
 
 
 def validate(method, components, config, step: int, accelerator) -> None:
@@ -266,6 +271,7 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         with accelerator.accumulate(*run.wrapped):
             losses = method.training_step(batch, gen)
             total = sum(weights.get(k, 1.0) * v for k, v in losses.items() if k.startswith("loss_"))
+            _check_finite(total, losses, step + 1, out)
             accelerator.backward(total)
             if accelerator.sync_gradients and train_cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
@@ -288,6 +294,18 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
             break
     bar.close()
     return _finish(run, config, step, stopped)
+
+
+def _check_finite(total: torch.Tensor, losses: dict, step: int, out: Path) -> None:
+    """Stop before an update with a NaN/Inf loss: the weights are still the last good ones, no artifact is
+    written, and the message says where to resume from."""
+    if bool(torch.isfinite(total.detach()).all()):
+        return
+    terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k.startswith("loss_"))
+    kept = list_checkpoints(out)
+    resume = f"the last checkpoint is {kept[-1][1]} (train.resume_from_checkpoint=latest)" if kept else "no checkpoint yet"
+    raise TrainError(f"the loss is not finite at step {step} ({terms}): stopped before that update, no artifact "
+                     f"written; {resume}. A lower train.learning_rate or train.mixed_precision=no usually helps")
 
 
 def _finish(run: _Run, config, step: int, stopped: bool = False) -> TrainResult:

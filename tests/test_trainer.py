@@ -10,7 +10,7 @@ from personalize.artifacts import read_safetensors
 from personalize.checkpoint import list_checkpoints
 from personalize.errors import PersonalizeError
 from personalize.methods import REGISTRY
-from personalize.trainer import step_generator, train
+from personalize.trainer import TrainError, step_generator, train
 
 
 def _tensors(path):
@@ -220,3 +220,30 @@ def test_refuses_two_processes_that_both_think_they_are_rank_zero(tmp_path, tiny
     with pytest.raises(PersonalizeError, match="ACCELERATE_USE_CPU"):
         train(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_learning_rate_is_refused_before_anything_loads(tmp_path, tiny_sd1, concept_dir):
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "textual_inversion", learning_rate=float("nan"))
+    with pytest.raises(TrainError, match=r"train.learning_rate=nan: expected a finite number"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_loss_that_turns_nan_stops_before_the_update_and_names_the_checkpoint(tmp_path, tiny_sd1, concept_dir,
+                                                                               monkeypatch):
+    from personalize.methods.personalization.tuner import Tuner
+
+    real, calls = Tuner.training_step, []
+
+    def step(self, batch, gen):
+        calls.append(1)
+        losses = real(self, batch, gen)
+        return losses | ({"loss_diffusion": losses["loss_diffusion"] * float("nan")} if len(calls) == 3 else {})
+
+    monkeypatch.setattr(Tuner, "training_step", step)
+    cfg = train_config(tiny_sd1, concept_dir, tmp_path / "out", "textual_inversion", max_train_steps=4,
+                       checkpointing_steps=2)
+    with pytest.raises(TrainError, match=r"not finite at step 3 \(loss_diffusion=nan\).*checkpoint-2"):
+        train(cfg)
+    assert not list((tmp_path / "out").glob("*.safetensors"))  # no artifact
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
