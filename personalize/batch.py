@@ -32,18 +32,29 @@ class Job:
         return f"{self.index:04d}-{slug(self.prompt)}-s{self.seed}.png"
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range that every device accepts
+MAX_SEED_COUNT = 100_000  # images per prompt one command may ask for
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-7' -> 0..7; '1,5,9' and '0-3,10' work too."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise PersonalizeError(f"--seeds {text!r}: expected integers and ranges like '0-7' or '0-3,10'") from None
-    if not seeds:
-        raise PersonalizeError(f"--seeds {text!r} gives no seeds")
-    return seeds
+    """'0-7' -> 0..7; '1,5,9' and '0-3,10' work too. A range runs upward ('5-1' is an error, not nothing), a part
+    is never half a range ('1-'), and the count is checked before any list is built."""
+    parts = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise PersonalizeError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range like '0-7' "
+                                   "(expected integers >= 0 and ranges like '0-7' or '0-3,10')")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise PersonalizeError(f"--seeds {text!r}: the range {part.strip()!r} runs downward; write {hi}-{lo}")
+        if hi > MAX_SEED:
+            raise PersonalizeError(f"--seeds {text!r}: seeds go up to {MAX_SEED} (2**63 - 1), got {hi}")
+        parts.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in parts)
+    if count > MAX_SEED_COUNT:
+        raise PersonalizeError(f"--seeds {text!r} asks for {count:,} seeds per prompt; at most {MAX_SEED_COUNT:,}")
+    return [s for lo, hi in parts for s in range(lo, hi + 1)]
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -255,7 +255,7 @@ def cmd_generate(args) -> int:
     from personalize.cpu import configure_threads
     from personalize.dist import process_state
     from personalize.methods import REGISTRY
-    from personalize.pipeline import load_pipeline
+    from personalize.pipeline import check_numbers, load_pipeline
     from personalize.profiles import profile_for
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
@@ -265,6 +265,8 @@ def cmd_generate(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1 or args.steps < 1:
         raise PersonalizeError("--batch-size and --steps must be >= 1")
+    check_numbers(args.steps, 7.5 if args.guidance_scale is None else args.guidance_scale, args.height, args.width,
+                  seeds)  # before the model loads
     edits = _edits(args, args.registry or REGISTRY)  # bad options fail before the model loads
     configure_threads(profile_for(args.base).max_threads)
     artifacts = [load_artifact(path) for path in args.artifact]  # read once, before the model

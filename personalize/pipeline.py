@@ -267,6 +267,7 @@ class Pipeline:
             raise PersonalizeError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         per_prompt = _seeds(seed, num_images)
         num_images = len(per_prompt)
+        check_numbers(steps, guidance_scale, height, width, per_prompt)
         height, width = height or self.native_size, width or self.native_size
         seeds = per_prompt * len(prompts)
         edits = self.edits(edits)
@@ -294,6 +295,24 @@ class Pipeline:
         labels = tuple(e.label() for e in edits)
         out = _edited_call(self.sd, call | kwargs, edits)
         return [GeneratedImage(image, s, labels) for image, s in zip(out.images, settings, strict=True)]
+
+
+def check_numbers(steps, guidance_scale, height, width, seeds) -> None:
+    """One clear line for a setting diffusers would take wrongly (NaN guidance silently turns CFG off) or fail on
+    deep inside the call (a size that is not a positive multiple of 8, a seed torch cannot take)."""
+    import math
+    from numbers import Integral, Real
+
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
+        raise PersonalizeError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(guidance_scale, Real) or not math.isfinite(guidance_scale):
+        raise PersonalizeError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    for name, side in (("height", height), ("width", width)):
+        if side is not None and (not isinstance(side, Integral) or side < 8 or side % 8):
+            raise PersonalizeError(f"{name} must be a positive multiple of 8 (the VAE's factor), got {side!r}")
+    bad = [s for s in seeds if not 0 <= s < 2**63]
+    if bad:
+        raise PersonalizeError(f"seeds must be in 0..2**63-1, got {bad[:3]}")
 
 
 def _seeds(seed: int | list[int] | None, num_images: int) -> list[int]:

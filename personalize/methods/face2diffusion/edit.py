@@ -54,7 +54,7 @@ def read_photo(photo, face_size: int, detector=None) -> tuple[np.ndarray, str]:
     """A path or PIL image -> (uint8 (S, S, 3), name). With a `detector` (`personalize.face`) any photo of a face:
     its largest face aligned onto the template (inference_f2d.py's alignment step); without one the photo must
     already be an aligned square crop. Clear errors for what cannot be read or holds no face."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = Path(photo).name if isinstance(photo, (str, Path)) else "photo"
     try:
@@ -63,6 +63,8 @@ def read_photo(photo, face_size: int, detector=None) -> tuple[np.ndarray, str]:
         if w * h > MAX_PIXELS:  # before decoding: a huge photo is refused without loading it
             raise FaceError(f"face photo {name}: {w}x{h} is larger than {MAX_PIXELS:,} pixels")
         im.load()
+        im = ImageOps.exif_transpose(im)  # a phone's Orientation tag: the face upright, as training images are
+        w, h = im.size
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise FaceError(f"face photo {name}: not a readable image ({err})") from err
     if im.mode not in MODES:

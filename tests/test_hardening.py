@@ -1,0 +1,69 @@
+"""Hostile and unlucky inputs (issue 38): each is refused with one line naming what was wrong and what was
+expected, before anything is written."""
+
+import pytest
+
+from personalize.batch import parse_seeds
+from personalize.errors import PersonalizeError
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1-", "'1-' is not a seed or a range"),
+    ("5-1,7", "the range '5-1' runs downward"),
+    ("0-100000000", "asks for 100,000,001 seeds per prompt"),
+    (str(2**63), r"seeds go up to 9223372036854775807"),
+    ("-3", "'-3' is not a seed or a range"),
+    ("", "'' is not a seed or a range"),
+])
+def test_bad_seed_lists_are_refused(text, message):
+    with pytest.raises(PersonalizeError, match=message):
+        parse_seeds(text)
+
+
+def test_good_seed_lists():
+    assert parse_seeds("0-3,10") == [0, 1, 2, 3, 10] and parse_seeds(" 7 ") == [7] and parse_seeds("2-2") == [2]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+    ({"height": -8}, "height must be a positive multiple of 8"),
+    ({"width": 33}, "width must be a positive multiple of 8"),
+    ({"height": 0}, "height must be a positive multiple of 8"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"seed": 2**63}, r"seeds must be in 0..2\*\*63-1"),
+])
+def test_generate_refuses_settings_diffusers_would_misread(pipe_sd1, kwargs, message, monkeypatch):
+    monkeypatch.setattr(pipe_sd1, "sd", None)  # nothing may reach the model
+    with pytest.raises(PersonalizeError, match=message):
+        pipe_sd1.generate("a photo of a dog", **({"seed": 0} | kwargs))
+
+
+def test_the_cli_refuses_them_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from personalize import pipeline
+    from personalize.cli import main
+
+    monkeypatch.setattr(pipeline, "load_components", lambda *a, **k: pytest.fail("the model was loaded"))
+    for flags, message in ((["--height", "-8"], "height must be a positive multiple of 8"),
+                           (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+                           (["--seeds", "5-1"], "runs downward")):
+        assert main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "o"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_face_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from personalize.methods.face2diffusion.edit import read_photo
+
+    upright = np.zeros((32, 32, 3), np.uint8)
+    upright[:8] = 255  # a white band at the top
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what a camera stores sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation 6: rotate 90 degrees clockwise to view
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    read, _ = read_photo(tmp_path / "phone.jpg", 32)
+    assert read[:8].mean() > 200 and read[-8:].mean() < 50  # the band is on top again
