@@ -211,7 +211,7 @@ class Pipeline:
     def edits(self, edits) -> list[Edit]:
         """`edits` as a list of `Edit`s: a list as it is, or a plain description {method name: options} (or a
         list of (name, options) pairs) made by the registry's inference methods for this base's profile."""
-        if isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ()):
+        if is_description(edits):
             from personalize.methods import edits_from
 
             return edits_from(edits, self.profile)
@@ -295,6 +295,11 @@ class Pipeline:
         labels = tuple(e.label() for e in edits)
         out = _edited_call(self.sd, call | kwargs, edits)
         return [GeneratedImage(image, s, labels) for image, s in zip(out.images, settings, strict=True)]
+
+
+def is_description(edits) -> bool:
+    """Whether `edits` is a plain description ({method: options} or (method, options) pairs), not Edit objects."""
+    return isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())
 
 
 def check_numbers(steps, guidance_scale, height, width, seeds) -> None:

@@ -234,8 +234,9 @@ class Studio:
                                   height=height and int(height), edits=self._edit_list(edits))
 
     def _edit_list(self, edits) -> list:
-        return self.edits(edits) if isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())\
-            else list(edits or ())
+        from personalize.pipeline import is_description
+
+        return self.edits(edits) if is_description(edits) else list(edits or ())
 
     def erasures(self, artifacts: list[str]) -> list[str]:
         """The chosen artifacts the comparison leaves out (their record says `compare`: erasures)."""
