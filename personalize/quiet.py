@@ -38,3 +38,12 @@ def quiet() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) and f.needle == needle for f in log.filters):
             log.addFilter(DropMessages(needle))
+
+
+def no_loader_bars() -> None:
+    """--no-progress also hides the loaders' bars ("Loading pipeline components", "Loading weights")."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
