@@ -84,30 +84,14 @@ def list_images(folder: str | Path | None, what: str = "data.instance_data_dir")
     return images
 
 
-def flatten_alpha(image, background=(255, 255, 255)):
-    """RGBA/LA/P-with-transparency -> RGB composited on `background`; other modes -> RGB."""
-    from PIL import Image
-
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, background + (255,))
-        return Image.alpha_composite(canvas, image).convert("RGB")
-    return image.convert("RGB")
-
-
 def load_image(path: str | Path):
-    """Open an image fully (so a truncated file fails here), EXIF-rotated, RGB."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Open an image fully (so a truncated file fails here), EXIF-rotated, RGB: `personalize.photos.open_photo`."""
+    from personalize.photos import PhotoError, open_photo
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return flatten_alpha(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"image {str(path)!r} cannot be read ({err}); fix or remove it") from err
+        return open_photo(path, "image")
+    except PhotoError as err:
+        raise DataError(str(err)) from err
 
 
 def read_caption(image_path: Path, default: str | list[str] | None) -> str | list[str]:

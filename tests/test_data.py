@@ -7,10 +7,11 @@ import torch
 from PIL import Image
 
 from personalize.data import (
-    ConceptImages, DataError, Example, PositionSampler, examples_from_folder, flatten_alpha, list_images,
+    ConceptImages, DataError, Example, PositionSampler, examples_from_folder, list_images,
     load_image, read_caption, rescale_augment, resize_crop,
 )
 from personalize.methods.blocks import masked_mse, snr_weights
+from personalize.photos import to_rgb
 
 
 def test_list_images_accepts_images_captions_and_hidden_files(tmp_path):
@@ -26,7 +27,7 @@ def test_list_images_accepts_images_captions_and_hidden_files(tmp_path):
 @pytest.mark.parametrize("setup, message", [
     (lambda d: None, "has no images"),
     (lambda d: (d / "x.gif").write_bytes(b"GIF89a"), "not images: ['x.gif']"),
-    (lambda d: (d / "x.png").write_text("hello"), "x.png' cannot be read"),
+    (lambda d: (d / "x.png").write_text("hello"), "x.png: not a readable image"),
 ])
 def test_bad_folders_name_the_problem(tmp_path, setup, message):
     setup(tmp_path)
@@ -68,7 +69,7 @@ def test_transparency_is_flattened_onto_white(tmp_path):
     loaded = load_image(tmp_path / "t.png")
     assert loaded.mode == "RGB" and loaded.getpixel((0, 0)) == (255, 255, 255)
     assert loaded.getpixel((1, 0)) == (255, 0, 0)
-    half = flatten_alpha(Image.new("LA", (1, 1), (0, 128)))
+    half = to_rgb(Image.new("LA", (1, 1), (0, 128)))
     assert half.getpixel((0, 0))[0] in (127, 128)  # black at half alpha on white
 
 

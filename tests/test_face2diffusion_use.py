@@ -121,7 +121,7 @@ def test_bad_prompts_photos_and_files_are_refused(files, pipe, tmp_path):
     Image.new("RGB", (40, 32)).save(tmp_path / "wide.png")
     Image.new("F", (32, 32)).save(tmp_path / "float.tiff")
     for name, message in [("text.png", "not a readable image"), ("dot.png", "1x1; expected an aligned square"),
-                          ("wide.png", "40x32; expected an aligned square"), ("float.tiff", "mode 'F'")]:
+                          ("wide.png", "40x32; expected an aligned square"), ("float.tiff", "float.tiff: mode .F. .32-bit float. is not supported")]:
         with pytest.raises(edit.FaceError, match=message):
             pipe.generate("a photo of f l", edits=edits(face=str(tmp_path / name), face_encoder=enc), **kw)
     objects = Image.fromarray(faces.np.asarray(faces.w.render(faces.w.Scene("object", "white", [faces.w.Obj("circle", "red")]))))

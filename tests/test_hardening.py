@@ -67,3 +67,52 @@ def test_a_face_photo_is_read_upright_by_its_exif_orientation(tmp_path):
     stored.save(tmp_path / "phone.jpg", exif=exif, quality=100)
     read, _ = read_photo(tmp_path / "phone.jpg", 32)
     assert read[:8].mean() > 200 and read[-8:].mean() < 50  # the band is on top again
+
+
+def _gray16(path, value: int, size=(24, 24)):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full(size[::-1], value, np.uint16)).save(path)
+    return path
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from personalize.data import load_image
+    from personalize.methods.face2diffusion.edit import read_photo
+    from personalize.photos import to_rgb
+
+    path = _gray16(tmp_path / "g16.png", 207 * 257)  # 16-bit 53199 is 8-bit 207
+    with Image.open(path) as im:
+        assert im.mode.startswith("I") and im.convert("RGB").getpixel((0, 0)) == (255, 255, 255)  # Pillow clips
+    assert load_image(path).getpixel((0, 0)) == (207, 207, 207)
+    assert read_photo(path, 24)[0].mean() == 207
+    assert to_rgb(Image.fromarray(__import__("numpy").array([[0, 65535, 128]], "int32"), "I")).getpixel((1, 0)) \
+        == (255, 255, 255)
+    assert to_rgb(Image.new("CMYK", (1, 1), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_a_training_image_too_large_to_decode_is_refused_by_its_header(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from personalize import photos
+    from personalize.data import DataError, examples_from_folder
+
+    Image.new("L", (300, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(photos, "MAX_PIXELS", 50_000)  # 300x200 = 60,000 stands in for 20000x20000
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded before the size check"))
+    with pytest.raises(DataError, match=r"big.png: 300x200 is larger than 50,000 pixels; expected a smaller"):
+        examples_from_folder(tmp_path, "a photo", "data.instance_data_dir")
+
+
+def test_pillows_own_bomb_limit_is_one_line_too(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from personalize.photos import PhotoError, open_photo
+
+    Image.new("L", (300, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow raises DecompressionBombError above 2x
+    with pytest.raises(PhotoError, match="big.png: not a readable image .*decompression bomb"):
+        open_photo(tmp_path / "big.png", "image")

@@ -60,7 +60,7 @@ def _bad_folder(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, extra, message", [
     ("empty", [], "has no images"),
-    ("corrupt", [], "3.jpg' cannot be read"),
+    ("corrupt", [], "3.jpg: not a readable image"),
     ("non-image", [], "not images: ['notes.md']"),
     ("ok", ["--method.name=dreamboat"], "unknown method 'dreamboat'"),
     ("ok", ["--method.placeholder_token=cat"], "belongs to method textual_inversion / dct, not lora"),

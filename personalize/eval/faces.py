@@ -190,14 +190,14 @@ def _summary(identity: dict[str, np.ndarray], crops: list, text: np.ndarray | No
 
 
 def _read_rgb(path: Path, what: str) -> np.ndarray:
-    """uint8 (H, W, 3); a clear error for a missing or unreadable file (or one Pillow deems a decompression bomb)."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 (H, W, 3) through the one opener (`personalize.photos`); a clear error for a missing, unreadable or
+    oversized file."""
+    from personalize.photos import PhotoError, open_photo
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise EvalError(f"{what} {path}: not a readable image ({err})") from err
+        return np.asarray(open_photo(path, what))
+    except PhotoError as err:
+        raise EvalError(str(err)) from err
 
 
 def read_results(folder: str | Path) -> list[dict]:

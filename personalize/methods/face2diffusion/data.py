@@ -51,13 +51,13 @@ def scan_folder(root: str | Path) -> tuple[list[FaceItem], list[str]]:
 
 
 def _rgb(path: Path) -> np.ndarray:
-    from PIL import Image
+    """uint8 (H, W, 3) through the one opener (`personalize.photos`: EXIF orientation, 16-bit gray, size)."""
+    from personalize.photos import PhotoError, open_photo
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as err:
-        raise MethodError(f"{path}: not a readable image ({err})") from err
+        return np.asarray(open_photo(path, "face photo"))
+    except PhotoError as err:
+        raise MethodError(str(err)) from err
 
 
 def read_item(item: FaceItem, exp_dim: int | None) -> dict:

@@ -31,7 +31,6 @@ from personalize.methods.face2diffusion import inject
 from personalize.methods.face2diffusion.encoder import INJECT_RULE, FaceEncoder, loaded
 
 PERSON_SUFFIX = ".f2d.safetensors"
-MODES = ("RGB", "RGBA", "L", "LA", "P")  # photo modes read as RGB (alpha dropped); others are refused
 NEEDS_ENCODER = ("a face photo needs the Face2Diffusion encoder (face_encoder / --face-encoder: a "
                  "face2diffusion.safetensors, trained or converted with `personalize convert --face2diffusion`)")
 MIN_PHOTO = 16  # a photo to detect a face in: at least this many pixels a side
@@ -54,33 +53,27 @@ def read_photo(photo, face_size: int, detector=None) -> tuple[np.ndarray, str]:
     """A path or PIL image -> (uint8 (S, S, 3), name). With a `detector` (`personalize.face`) any photo of a face:
     its largest face aligned onto the template (inference_f2d.py's alignment step); without one the photo must
     already be an aligned square crop. Clear errors for what cannot be read or holds no face."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
+
+    from personalize.photos import PhotoError, open_photo
 
     name = Path(photo).name if isinstance(photo, (str, Path)) else "photo"
-    try:
-        im = Image.open(photo) if isinstance(photo, (str, Path)) else photo
-        w, h = im.size
-        if w * h > MAX_PIXELS:  # before decoding: a huge photo is refused without loading it
-            raise FaceError(f"face photo {name}: {w}x{h} is larger than {MAX_PIXELS:,} pixels")
-        im.load()
-        im = ImageOps.exif_transpose(im)  # a phone's Orientation tag: the face upright, as training images are
-        w, h = im.size
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise FaceError(f"face photo {name}: not a readable image ({err})") from err
-    if im.mode not in MODES:
-        raise FaceError(f"face photo {name}: mode {im.mode!r} is not supported; expected one of {', '.join(MODES)}")
+    try:  # the one opener: size before decoding, EXIF orientation (a phone's portrait upright), any mode -> RGB
+        im = open_photo(photo, "face photo", MAX_PIXELS, name)
+    except PhotoError as err:
+        raise FaceError(str(err)) from err
+    w, h = im.size
     if detector is not None:
         if min(w, h) < MIN_PHOTO:
             raise FaceError(f"face photo {name}: {w}x{h} is too small to hold a face; expected at least "
                             f"{MIN_PHOTO}x{MIN_PHOTO}")
         from personalize.face import detect_and_align
 
-        im = Image.fromarray(detect_and_align(np.asarray(im.convert("RGB")), detector, face_size, name).crop)
+        im = Image.fromarray(detect_and_align(np.asarray(im), detector, face_size, name).crop)
     elif w != h or w < face_size // 2:
         raise FaceError(f"face photo {name}: {w}x{h}; expected an aligned square face crop of at least "
                         f"{face_size // 2}x{face_size // 2} (the encoder reads {face_size}x{face_size}), or a "
                         "face detector to find and align the face")
-    im = im.convert("RGB")
     if im.size != (face_size, face_size):
         im = im.resize((face_size, face_size), Image.BICUBIC)
     digest = hashlib.sha256(np.asarray(im).tobytes()).hexdigest()[:12]
