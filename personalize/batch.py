@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personalize.atomic import atomic_path, atomic_write_text
-from personalize.errors import PersonalizeError
+from personalize.errors import PersonalizeError, read_text
 
 
 def slug(prompt: str, fallback: str = "prompt") -> str:
@@ -62,7 +62,7 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise PersonalizeError(f"prompt file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path, "prompt file").splitlines()]
     prompts = [ln for ln in lines if ln and not ln.startswith("#")]
     if not prompts:
         raise PersonalizeError(f"prompt file {path} is empty: expected one prompt per line")

@@ -134,12 +134,11 @@ def cmd_generate(args) -> int:
     from personalize.cpu import configure_threads
     from personalize.dist import process_state
     from personalize.methods import REGISTRY
-    from personalize.pipeline import check_numbers, load_pipeline
+    from personalize.pipeline import check_numbers, check_prompts, load_pipeline
     from personalize.profiles import profile_for
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
-    if any(not p.strip() for p in prompts):
-        raise PersonalizeError("--prompt must not be empty")
+    check_prompts(prompts, [args.negative_prompt] * len(prompts))  # empty or non-UTF-8: before the model loads
     _apply_preset(args)
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from personalize.errors import PersonalizeError
+from personalize.errors import PersonalizeError, read_text
 from personalize.profiles import TOY
 
 logger = logging.getLogger(__name__)
@@ -246,9 +246,9 @@ def read_yaml(path: str | Path) -> dict:
         names = sorted(str(p.relative_to(config_file())) for p in config_file().rglob("*.yaml"))
         raise ConfigError(f"config file not found: {path} (bundled configs: {', '.join(names) or 'none'})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from err
     check_size(data, f"config file {path}")
     return data or {}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from personalize.errors import PersonalizeError
+from personalize.errors import PersonalizeError, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def read_caption(image_path: Path, default: str | list[str] | None) -> str | lis
     """The `.txt` caption beside an image, else `default` (a prompt, or a list of templates)."""
     txt = image_path.with_suffix(CAPTION_SUFFIX)
     if txt.is_file():
-        text = txt.read_text(encoding="utf-8").strip()
+        text = read_text(txt, "caption").strip()
         if text:
             return text
     if default is None:

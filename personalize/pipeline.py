@@ -250,21 +250,20 @@ class Pipeline:
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, seed: int | list[int] | None = None, steps: int = 30,
-                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
                  edits=(), **kwargs) -> list[GeneratedImage]:
         """Images for each prompt; image k of each prompt uses seed + k (a random seed when None).
 
+        `guidance_scale`: default the base's (`profile.guidance_scale`: 7.5, the toy world 5), as in the CLI.
         `seed` may also be a list: one image per listed seed for each prompt (`num_images` is then ignored).
         `edits`: generation edits (`Edit`), applied in order to the diffusers call, or their plain description
         {method name: options} (`Pipeline.edits`; the README lists the inference methods and their options);
         `personalize.edits(...)` writes that description from the Python API's shorthands.
         Extra keyword arguments go to the diffusers pipeline call unchanged."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not isinstance(p, str) for p in prompts):
-            raise PersonalizeError("prompt must be a string or a non-empty list of strings")
         negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
-        if len(negatives) != len(prompts):
-            raise PersonalizeError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+        check_prompts(prompts, negatives)
+        guidance_scale = self.profile.guidance_scale if guidance_scale is None else guidance_scale
         per_prompt = _seeds(seed, num_images)
         num_images = len(per_prompt)
         check_numbers(steps, guidance_scale, height, width, per_prompt)
@@ -300,6 +299,27 @@ class Pipeline:
 def is_description(edits) -> bool:
     """Whether `edits` is a plain description ({method: options} or (method, options) pairs), not Edit objects."""
     return isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())
+
+
+def check_prompts(prompts: list, negatives: list | None = None) -> None:
+    """Each prompt a non-empty string of valid text (an empty prompt is refused, as the CLI and the app refuse
+    it); negatives, one per prompt, None or text."""
+    from personalize.errors import check_text
+
+    if not prompts or any(not isinstance(p, str) for p in prompts):
+        raise PersonalizeError("prompt must be a string or a non-empty list of strings")
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise PersonalizeError(f"prompt {i + 1} of {len(prompts)} is empty: describe the image to generate"
+                                   if len(prompts) > 1 else "the prompt is empty: describe the image to generate")
+        check_text(p, "prompt")
+    negatives = [None] * len(prompts) if negatives is None else negatives
+    if len(negatives) != len(prompts):
+        raise PersonalizeError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+    for n in negatives:
+        if n is not None and not isinstance(n, str):
+            raise PersonalizeError(f"negative_prompt must be a string or None, got {type(n).__name__}")
+        check_text(n or "", "negative prompt")
 
 
 def check_numbers(steps, guidance_scale, height, width, seeds) -> None:

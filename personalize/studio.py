@@ -222,15 +222,17 @@ class Studio:
         self.pipe.set_artifacts(self._artifact_paths(list(artifacts)))
 
     def generate(self, prompt: str, negative_prompt: str = "", artifacts: list[str] = (), seed: int = -1,
-                 steps: int = 30, guidance_scale: float = 7.5, width: int | None = None, height: int | None = None,
-                 num_images: int = 1, edits: list = ()) -> list:
+                 steps: int = 30, guidance_scale: float | None = None, width: int | None = None,
+                 height: int | None = None, num_images: int = 1, edits: list = ()) -> list:
         """Generate with exactly `artifacts` applied (paths in the artifacts folder) and `edits` (`Studio.edits`, or
         a plain description).
-        seed -1 draws one (reported in each image's settings); a list gives each image its seed."""
+        seed -1 draws one (reported in each image's settings); a list gives each image its seed; guidance_scale
+        None: the base's (its profile)."""
         self._prepare(prompt, artifacts, num_images)  # the edits are checked by Pipeline.generate, before any image
         seeds = [int(s) for s in seed] if isinstance(seed, list) else None if int(seed) < 0 else int(seed)
+        guidance = None if guidance_scale is None else float(guidance_scale)
         return self.pipe.generate(prompt, negative_prompt or None, num_images=int(num_images), seed=seeds,
-                                  steps=int(steps), guidance_scale=float(guidance_scale), width=width and int(width),
+                                  steps=int(steps), guidance_scale=guidance, width=width and int(width),
                                   height=height and int(height), edits=self._edit_list(edits))
 
     def _edit_list(self, edits) -> list:

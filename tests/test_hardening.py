@@ -46,7 +46,9 @@ def test_the_cli_refuses_them_before_the_model_loads(tmp_path, capsys, monkeypat
     monkeypatch.setattr(pipeline, "load_components", lambda *a, **k: pytest.fail("the model was loaded"))
     for flags, message in ((["--height", "-8"], "height must be a positive multiple of 8"),
                            (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
-                           (["--seeds", "5-1"], "runs downward")):
+                           (["--seeds", "5-1"], "runs downward"),
+                           (["--prompt", "a \udcff dog"], "is not valid UTF-8 text"),  # argv from a latin-1 terminal
+                           (["--prompt", " "], "prompt 2 of 2 is empty")):
         assert main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "o"), *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
@@ -116,3 +118,62 @@ def test_pillows_own_bomb_limit_is_one_line_too(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow raises DecompressionBombError above 2x
     with pytest.raises(PhotoError, match="big.png: not a readable image .*decompression bomb"):
         open_photo(tmp_path / "big.png", "image")
+
+
+@pytest.mark.parametrize("prompt, negative, message", [
+    ("", None, "the prompt is empty: describe the image to generate"),
+    (["a dog", "  "], None, "prompt 2 of 2 is empty"),
+    ("a \udcff dog", None, r"prompt 'a \\\\xff dog' is not valid UTF-8 text"),
+    ("a dog", "no \udcfe", "negative prompt .* is not valid UTF-8 text"),
+    ("a dog", 3, "negative_prompt must be a string or None, got int"),
+])
+def test_generate_refuses_prompts_the_tokenizer_would_misread(pipe_sd1, prompt, negative, message, monkeypatch):
+    monkeypatch.setattr(pipe_sd1, "sd", None)
+    with pytest.raises(PersonalizeError, match=message):
+        pipe_sd1.generate(prompt, negative, seed=0)
+
+
+def test_generate_defaults_to_the_profiles_guidance(pipe_sd1, monkeypatch):
+    from personalize import pipeline
+
+    class Called(Exception):
+        pass
+
+    def record(sd, call, edits):
+        raise Called(call["guidance_scale"])
+
+    monkeypatch.setattr(pipeline, "_edited_call", record)
+    for profile, expected in (("toyworld", 5.0), ("sd1", 7.5)):  # the CLI's and the app's defaults (was 7.5 for all)
+        monkeypatch.setattr(pipe_sd1, "profile", pipeline.profile_for(profile))
+        with pytest.raises(Called) as called:
+            pipe_sd1.generate("a red circle", seed=0)
+        assert called.value.args == (expected,)
+
+
+@pytest.mark.parametrize("where", ["prompts", "config", "caption"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys, where, tiny_sd1, monkeypatch):
+    from personalize import pipeline
+    from personalize.cli import main
+
+    monkeypatch.setattr(pipeline, "load_components", lambda *a, **k: pytest.fail("the model was loaded"))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a red \xff circle\n")
+    data = tmp_path / "data"
+    write_images(data)
+    if where == "caption":
+        bad = data / "0.txt"
+        bad.write_bytes(b"a red \xff circle\n")
+    argv = {"prompts": ["generate", "--prompts", str(bad), "--out", str(tmp_path / "o")],
+            "config": ["train", "--config", str(bad)],
+            "caption": ["train", "--config", "lora", f"--model.pretrained={tiny_sd1}", f"--data.instance_data_dir={data}",
+                        f"--train.output_dir={tmp_path / 'o'}"]}[where]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} is not UTF-8 text (byte 6 is 0xff)" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def write_images(folder):
+    from personalize.tiny import write_concept_images
+
+    return write_concept_images(folder)
