@@ -52,3 +52,13 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def check_out_folder(path: str | Path, what: str) -> Path:
+    """`path` as an output folder: refused (one line naming `what`) when it or a parent is a file; it need not
+    exist yet (it is created when the first file is written)."""
+    path = Path(path)
+    blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise PersonalizeError(f"{what} {str(path)!r}: {blocked} is a file; expected a folder (created if missing)")
+    return path

@@ -100,13 +100,22 @@ def save_checkpoint(path: Path, step: int, modules: dict, optimizer, scheduler, 
         return path
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
-    atomic_save_file(trainable_state(modules), tmp / "trainable.safetensors", {"format": "personalize"})
-    atomic_save_file(opt_tensors, tmp / "optimizer.safetensors", {"format": "personalize"})
-    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "scaler": scaler, **info}
-    atomic_write_text(tmp / "state.json", json.dumps(state, indent=1, default=_json_default))
+    try:
+        tmp.mkdir(parents=True)
+        opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
+        atomic_save_file(trainable_state(modules), tmp / "trainable.safetensors", {"format": "personalize"})
+        atomic_save_file(opt_tensors, tmp / "optimizer.safetensors", {"format": "personalize"})
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "scaler": scaler, **info}
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1, default=_json_default))
+    except BaseException as err:  # a full disk or Ctrl-C mid-write: no .checkpoint-N.tmp/ is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            kept = [str(p) for _, p in list_checkpoints(path.parent)]
+            raise CheckpointError(f"could not write {path.name} ({err.strerror or err}); earlier checkpoints are "
+                                  f"kept ({', '.join(kept) or 'none yet'}); free space or choose another "
+                                  "train.output_dir") from err
+        raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
@@ -119,14 +128,30 @@ def _json_default(value):
 
 
 def load_checkpoint(path: Path, modules: dict, optimizer, scheduler, accelerator, info: dict) -> int:
-    """Restore a checkpoint into a set-up run; returns its step. `info` must match what was saved."""
-    from safetensors.torch import load_file
-
+    """Restore a checkpoint into a set-up run; returns its step. `info` must match what was saved; a truncated or
+    mismatched file is one `CheckpointError` naming the checkpoint."""
     if accelerator.distributed_type.value == "DEEPSPEED":
         accelerator.load_state(str(path))
         m = CHECKPOINT_RE.match(path.name)
         return int(m.group(1)) if m else 0
+    from safetensors import SafetensorError
+
+    try:
+        return _restore(path, modules, optimizer, scheduler, accelerator, info)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:  # truncated or edited
+        raise CheckpointError(f"checkpoint {path} cannot be resumed from ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); point train.resume_from_checkpoint at another "
+                              "checkpoint-<step>, or delete this one") from err
+
+
+def _restore(path: Path, modules: dict, optimizer, scheduler, accelerator, info: dict) -> int:
+    from safetensors.torch import load_file
+
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: state.json is not an object; was it edited?")
     for key, value in info.items():
         if state.get(key) != value:
             raise CheckpointError(f"checkpoint {path} was written with {key}={state.get(key)!r}; "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from personalize.cli_generate import add_generate, cmd_generate
-from personalize.errors import PersonalizeError
+from personalize.errors import PersonalizeError, os_error_line
 from personalize.quiet import no_loader_bars
 
 
@@ -281,6 +281,12 @@ def main(argv: list[str] | None = None, registry: dict | None = None) -> int:
     except PersonalizeError as err:
         print(f"personalize {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine's: a full disk, a folder that cannot be written
+        print(f"personalize {args.command}: error: {os_error_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:  # Ctrl-C; training says where it stopped and how to resume (errors.Stopped)
+        print(f"personalize {args.command}: {err or 'stopped (Ctrl-C)'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

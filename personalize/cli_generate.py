@@ -130,6 +130,7 @@ def _apply_preset(args) -> None:
 
 def cmd_generate(args) -> int:
     from personalize.artifacts import load_artifact
+    from personalize.atomic import check_out_folder
     from personalize.batch import fill_trigger, parse_seeds, read_prompts, run_batch
     from personalize.cpu import configure_threads
     from personalize.dist import process_state
@@ -139,6 +140,7 @@ def cmd_generate(args) -> int:
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
     check_prompts(prompts, [args.negative_prompt] * len(prompts))  # empty or non-UTF-8: before the model loads
+    check_out_folder(args.out, "--out")
     _apply_preset(args)
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1:

@@ -34,3 +34,20 @@ def check_text(text: str, what: str) -> str:
         raise PersonalizeError(f"{what} {shown!r} is not valid UTF-8 text; expected UTF-8 (is the terminal set "
                                "to another encoding?)") from None
     return text
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C, with what was kept and how to go on; the CLI prints it as one line and exits 130."""
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an error of the machine rather than of the input: a full disk, a folder that is not writable,
+    a file where a folder was expected."""
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    hint = {errno.ENOSPC: "free some space or choose another output folder",
+            errno.EACCES: "choose a folder you can write to", errno.EROFS: "choose a folder you can write to",
+            errno.EEXIST: "a file is in the way: remove it or choose another path",
+            errno.ENOTDIR: "a file is in the way where a folder was expected"}.get(err.errno, "")
+    return f"{err.strerror or err}{where}" + (f"; {hint}" if hint else "")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from personalize.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
-from personalize.errors import PersonalizeError
+from personalize.errors import PersonalizeError, Stopped
 
 logger = logging.getLogger(__name__)
 class TrainError(PersonalizeError):
@@ -118,6 +118,9 @@ def check_train_config(train) -> None:
     odd = [f"train.{k}={v}" for k, v in vars(train).items() if isinstance(v, float) and not math.isfinite(v)]
     if odd:
         raise TrainError(f"{', '.join(odd)}: expected a finite number")
+    from personalize.atomic import check_out_folder
+
+    check_out_folder(train.output_dir, "train.output_dir")
 
 
 def validate(method, components, config, step: int, accelerator) -> None:
@@ -248,23 +251,32 @@ def _setup(config, registry: dict | None) -> _Run:
 def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult:
     from tqdm.auto import tqdm
 
-    from personalize.config import dump_config
-
-    train_cfg, out = config.train, Path(config.train.output_dir)
+    train_cfg = config.train
     run = _setup(config, registry)
-    method, accelerator, optimizer, lr_scheduler = run.method, run.accelerator, run.optimizer, run.lr_scheduler
-    if accelerator.is_main_process:
-        dump_config(config, out / "config.yaml")
-        accelerator.init_trackers("personalize", config={k: v for k, v in vars(train_cfg).items()
-                                                          if isinstance(v, (int, float, str, bool))})
-    if optimizer is None:
+    if run.accelerator.is_main_process:
+        run.accelerator.init_trackers("personalize", config={k: v for k, v in vars(train_cfg).items()
+                                                              if isinstance(v, (int, float, str, bool))})
+    if run.optimizer is None:
         return _finish(run, config, run.step)
+    bar = tqdm(total=train_cfg.max_train_steps, initial=run.step, desc="steps",
+               disable=not run.accelerator.is_local_main_process)
+    try:
+        step, stopped = _loop(run, config, bar, stop_after)
+    except KeyboardInterrupt:  # one line with the step and how to resume, not a traceback (the CLI prints it)
+        raise Stopped(_resume_line(run.step, Path(train_cfg.output_dir))) from None
+    finally:
+        bar.close()
+    return _finish(run, config, step, stopped)
+
+
+def _loop(run: _Run, config, bar, stop_after: int | None) -> tuple[int, bool]:
+    """The steps from `run.step` to the end, an early stop or `stop_after`; returns (step, stopped early)."""
+    train_cfg, out = config.train, Path(config.train.output_dir)
+    method, accelerator, optimizer, lr_scheduler = run.method, run.accelerator, run.optimizer, run.lr_scheduler
     weights = method.loss_weights() if hasattr(method, "loss_weights") else {}
     params = trainable_parameters(run.modules)
     step, micro, stopped = run.step, run.step * train_cfg.gradient_accumulation_steps, False
     loader = method.dataloader(micro, accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=train_cfg.max_train_steps, initial=step, desc="steps",
-               disable=not accelerator.is_local_main_process)
     while step < train_cfg.max_train_steps and (stop_after is None or step < stop_after):
         batch, gen = next(loader), step_generator(train_cfg.seed, micro, accelerator.process_index)
         micro += 1
@@ -286,14 +298,23 @@ def _train(config, stop_after: int | None, registry: dict | None) -> TrainResult
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step)
+        run.step = step
         _periodic(step, run, config)
         stopped = bool(getattr(method, "should_stop", None) and method.should_stop())  # its own early stop (dct)
         if stopped:
             if step < train_cfg.max_train_steps:
                 logger.info("the method stopped early at step %d of %d", step, train_cfg.max_train_steps)
             break
-    bar.close()
-    return _finish(run, config, step, stopped)
+    return step, stopped
+
+
+def _resume_line(step: int, out: Path) -> str:
+    """Where a Ctrl-C left the run: its step and the checkpoint `resume_from_checkpoint=latest` would take."""
+    kept = list_checkpoints(out)
+    if not kept:
+        return f"stopped at step {step}, before the first checkpoint: no artifact written; rerun to start again"
+    return (f"stopped at step {step}, no artifact written; resume from {kept[-1][1]} with "
+            "--train.resume_from_checkpoint=latest")
 
 
 def _check_finite(total: torch.Tensor, losses: dict, step: int, out: Path) -> None:
@@ -311,6 +332,8 @@ def _check_finite(total: torch.Tensor, losses: dict, step: int, out: Path) -> No
 def _finish(run: _Run, config, step: int, stopped: bool = False) -> TrainResult:
     """After the last step, an early stop or a closed-form setup: `finish`, the artifact (main process), end the
     trackers."""
+    from personalize.config import dump_config
+
     method, accelerator = run.method, run.accelerator
     if hasattr(method, "finish"):
         method.finish()
@@ -318,7 +341,8 @@ def _finish(run: _Run, config, step: int, stopped: bool = False) -> TrainResult:
     path = None
     if accelerator.is_main_process and (stopped or step >= config.train.max_train_steps):
         path = write_artifact(method, run.components, config)
-        logger.info("wrote %s", path)
+        dump_config(config, Path(config.train.output_dir) / "config.yaml")  # with the artifact it describes: a
+        logger.info("wrote %s", path)  # failed rerun in the same folder leaves both as they were
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(path, step, method)

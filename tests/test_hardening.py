@@ -177,3 +177,147 @@ def write_images(folder):
     from personalize.tiny import write_concept_images
 
     return write_concept_images(folder)
+
+
+def _train_argv(model, data, out, *extra):
+    return ["train", "--config", "lora", f"--model.pretrained={model}", f"--data.instance_data_dir={data}",
+            f"--train.output_dir={out}", "--train.report_to=none", "--train.validation_prompt=null",
+            "--method.rank=2", *extra]
+
+
+def _one_line(capsys) -> str:
+    """The message: the last line of stderr (progress bars may come before it), and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n"), err
+    return err.splitlines()[-1]
+
+
+def test_ctrl_c_in_training_is_one_line_with_the_step_and_how_to_resume(tmp_path, tiny_sd1, concept_dir, capsys,
+                                                                         monkeypatch):
+    from personalize import trainer
+    from personalize.cli import main
+
+    out = tmp_path / "out"
+    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2")) == 0
+    written = (out / "config.yaml").read_text()
+    capsys.readouterr()
+    real = trainer._check_finite
+
+    def interrupt_at_step_4(total, losses, step, folder):
+        if step == 4:
+            raise KeyboardInterrupt
+        real(total, losses, step, folder)
+
+    monkeypatch.setattr(trainer, "_check_finite", interrupt_at_step_4)
+    other = tmp_path / "other"
+    assert main(_train_argv(tiny_sd1, concept_dir, other, "--train.max_train_steps=6",
+                            "--train.checkpointing_steps=2")) == 130
+    assert f"stopped at step 3, no artifact written; resume from {other / 'checkpoint-2'} with " \
+           "--train.resume_from_checkpoint=latest" in _one_line(capsys)
+    assert not list(other.glob("*.safetensors"))
+    # a rerun in the first folder that is stopped keeps the config.yaml of the artifact beside it
+    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=6", "--train.seed=5")) == 130
+    assert _one_line(capsys) == ("personalize train: stopped at step 3, before the first checkpoint: no artifact "
+                                 "written; rerun to start again")
+    assert (out / "config.yaml").read_text() == written
+
+
+def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, tiny_sd1, concept_dir, capsys, monkeypatch):
+    import errno
+
+    from personalize import checkpoint
+    from personalize.cli import main
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", full_disk)
+    out = tmp_path / "out"
+    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2",
+                            "--train.checkpointing_steps=1")) == 2
+    assert "could not write checkpoint-1 (No space left on device); earlier checkpoints are kept (none yet)" \
+        in _one_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == []  # no .checkpoint-1.tmp/, no artifact, no config.yaml
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate trainable", "cannot be resumed from (SafetensorError"),
+    ("state not json", "cannot be resumed from (JSONDecodeError"),
+    ("state a list", "state.json is not an object"),
+    ("state without optimizer", "cannot be resumed from (KeyError: 'optimizer')"),
+])
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, tiny_sd1, concept_dir, capsys, damage, message):
+    import json
+
+    from personalize.cli import main
+
+    out = tmp_path / "out"
+    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2",
+                            "--train.checkpointing_steps=2")) == 0
+    ckpt = out / "checkpoint-2"
+    if damage == "truncate trainable":
+        data = (ckpt / "trainable.safetensors").read_bytes()
+        (ckpt / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "state not json":
+        (ckpt / "state.json").write_text('{"step": 2,')
+    else:
+        state = json.loads((ckpt / "state.json").read_text())
+        state.pop("optimizer")
+        (ckpt / "state.json").write_text(json.dumps([state] if damage == "state a list" else state))
+    capsys.readouterr()
+    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=4",
+                            "--train.resume_from_checkpoint=latest")) == 2
+    err = _one_line(capsys)
+    assert f"checkpoint {ckpt}" in err and message in err, err
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_the_model_loads(tmp_path, tiny_sd1, concept_dir, capsys,
+                                                                        monkeypatch):
+    from personalize import components, pipeline
+    from personalize.cli import main
+
+    monkeypatch.setattr(pipeline, "load_components", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(components, "components_from_config", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "afile").write_text("x")
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "afile")]) == 2
+    assert f"--out '{tmp_path / 'afile'}': {tmp_path / 'afile'} is a file; expected a folder" in _one_line(capsys)
+    assert main(_train_argv(tiny_sd1, concept_dir, tmp_path / "afile" / "sub")) == 2
+    assert f"{tmp_path / 'afile'} is a file; expected a folder" in _one_line(capsys)
+
+
+def test_a_full_disk_while_generating_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from personalize import batch, cli_generate, pipeline
+    from personalize.cli import main
+
+    class Pipe:
+        profile = pipeline.profile_for("sd1")
+
+        def bind_edits(self, prompts, edits):
+            pass
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / ".0.png.tmp"))
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: Pipe())
+    monkeypatch.setattr(batch, "run_batch", full)
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "o")]) == 1
+    assert "error: No space left on device (" in _one_line(capsys) and cli_generate
+
+
+def test_the_app_refuses_a_busy_port_before_loading_the_model(capsys, monkeypatch):
+    import socket
+
+    from personalize import pipeline
+    from personalize.app.main import main
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert f"--port {port} on 127.0.0.1 is not free" in captured.err and captured.err.count("\n") == 1
+    assert "http://" not in captured.out

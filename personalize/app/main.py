@@ -70,14 +70,32 @@ def main(argv: list[str] | None = None) -> int:
         print("personalize app: error: the app needs gradio: pip install 'personalize[app]'", file=sys.stderr)
         return 2
     try:
+        check_port(args.host, args.port)  # before the model loads, and before the URL is printed
         demo, launch = make_app(args)
-    except PersonalizeError as err:
+        print(f"personalize app: http://{args.host}:{args.port} (this machine only unless --host; --share for a "
+              "public link; Ctrl+C stops it)", flush=True)
+        demo.launch(quiet=True, **launch)  # quiet: gradio's own banner suggests `share=True`, our flag is --share
+    except (PersonalizeError, OSError) as err:  # OSError: the port taken between the check and the launch
         print(f"personalize app: error: {err}", file=sys.stderr)
         return 2
-    print(f"personalize app: http://{args.host}:{args.port} (this machine only unless --host; --share for a public "
-          "link; Ctrl+C stops it)", flush=True)
-    demo.launch(quiet=True, **launch)  # quiet: gradio's own banner suggests `share=True`, our flag is --share
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program holds (gradio would fail only after the model loaded)."""
+    import socket
+
+    from personalize.errors import PersonalizeError
+
+    if not 0 < port < 65536:
+        raise PersonalizeError(f"--port {port}: expected 1..65535")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio probes: TIME_WAIT is free
+            probe.bind((host, port))
+    except OSError as err:
+        raise PersonalizeError(f"--port {port} on {host} is not free ({err.strerror}); another app is using it: "
+                               "pass --port with a free one") from None
 
 
 if __name__ == "__main__":
