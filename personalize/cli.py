@@ -177,9 +177,11 @@ def cmd_erasure_card(args) -> int:
 def cmd_config(args) -> int:
     from personalize.config import dump_config, load_config
     from personalize.methods import parse_options
+    from personalize.trainer import check_train_config
 
     cfg = load_config(args.config, args.overrides)
     parse_options(cfg.method.get("name"), cfg.method)  # the method's keys, checked as training checks them
+    check_train_config(cfg.train)  # and its numbers: what is printed would train
     print(dump_config(cfg), end="")
     return 0
 

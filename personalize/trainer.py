@@ -107,12 +107,20 @@ def make_lr_scheduler(optimizer, train, num_processes: int):
                          num_training_steps=train.max_train_steps * num_processes)
 
 
+MAX_STEPS = 10_000_000
+
+
 def check_train_config(train) -> None:
+    """The train section's numbers and output folder, checked before anything loads (also by `personalize
+    config`, so what it prints would train)."""
     positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
                 "validation_steps")
     bad = [f"train.{k}={getattr(train, k)}" for k in positive if getattr(train, k) < 1]
     if bad:
         raise TrainError(f"{', '.join(bad)}: expected a positive integer")
+    if train.max_train_steps > MAX_STEPS:  # a typo's extra zeros; the LR schedule is built for this many steps
+        raise TrainError(f"train.max_train_steps={train.max_train_steps:,}: expected at most {MAX_STEPS:,} (the "
+                         "methods here train for hundreds to a few thousand)")
     import math
 
     odd = [f"train.{k}={v}" for k, v in vars(train).items() if isinstance(v, float) and not math.isfinite(v)]

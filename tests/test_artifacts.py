@@ -203,3 +203,21 @@ def test_a_malformed_file_is_listed_unusable_and_the_scan_goes_on(tmp_path):
     _write(tmp_path / "good.safetensors", {"qq": torch.zeros(1, 32)}, tokens='["qq"]')
     bad, good = scan_artifacts(tmp_path, 32)
     assert not bad.usable and "'config' must be a JSON object" in bad.reason and good.usable
+
+
+def test_a_three_d_embedding_is_refused_by_its_shape_not_its_width(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(1, 2, 32)}, str(tmp_path / "cube.safetensors"))
+    with pytest.raises(ArtifactError, match=r"shape \(1, 2, 32\); expected \[n_vectors, width\]"):
+        load_artifact(tmp_path / "cube.safetensors", width=32)  # was: "has width 32 ..., but ... width 32"
+
+
+def test_an_erasure_file_that_also_holds_an_embedding_is_refused_not_half_applied(tmp_path, pipe_sd1):
+    name, param = next(iter(pipe_sd1.sd.unet.named_parameters()))
+    path = _write(tmp_path / "esd.safetensors", {f"unet.{name}": torch.ones_like(param), "zq": torch.zeros(1, 32)},
+                  method="esd", weights="diff", tokens='["zq"]')
+    before = param.detach().clone()
+    with pytest.raises(ArtifactError, match=r"holds UNet differences only, but it also lists embeddings \['zq'\]"):
+        pipe_sd1.add_artifact(path)
+    assert torch.equal(param, before) and "zq" not in pipe_sd1.sd.tokenizer.get_vocab()

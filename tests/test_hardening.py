@@ -288,7 +288,7 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_model_loads(tmp_pat
 def test_a_full_disk_while_generating_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 
-    from personalize import batch, cli_generate, pipeline
+    from personalize import batch, pipeline
     from personalize.cli import main
 
     class Pipe:
@@ -303,7 +303,7 @@ def test_a_full_disk_while_generating_is_one_line(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: Pipe())
     monkeypatch.setattr(batch, "run_batch", full)
     assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "o")]) == 1
-    assert "error: No space left on device (" in _one_line(capsys) and cli_generate
+    assert "error: No space left on device (" in _one_line(capsys)
 
 
 def test_the_app_refuses_a_busy_port_before_loading_the_model(capsys, monkeypatch):
@@ -321,3 +321,17 @@ def test_the_app_refuses_a_busy_port_before_loading_the_model(capsys, monkeypatc
     captured = capsys.readouterr()
     assert f"--port {port} on 127.0.0.1 is not free" in captured.err and captured.err.count("\n") == 1
     assert "http://" not in captured.out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--train.max_train_steps=-5", "train.max_train_steps=-5: expected a positive integer"),
+    ("--train.max_train_steps=1000000000000", "train.max_train_steps=1,000,000,000,000: expected at most 10,000,000"),
+    ("--train.learning_rate=.nan", "train.learning_rate=nan: expected a finite number"),
+])
+def test_personalize_config_refuses_what_train_refuses(override, message, capsys):
+    from personalize.cli import main
+
+    assert main(["config", "--config", "lora", override]) == 2
+    assert message in _one_line(capsys)
+    assert main(["train", "--config", "lora", override]) == 2
+    assert message in _one_line(capsys)

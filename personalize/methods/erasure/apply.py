@@ -35,6 +35,9 @@ def apply_erasure(pipe, art: Artifact):
     """Add the artifact's differences to the UNet; return the undo (restores the values saved before)."""
     if art.kind not in KINDS:
         raise ArtifactError(f"{art.path}: weights kind {art.kind!r} is not one of {art.method}'s kinds {KINDS}")
+    if art.embeddings:  # erasure trains no token; a file that lists some was edited or merged by hand
+        raise ArtifactError(f"{art.path}: an erasure file holds UNet differences only, but it also lists "
+                            f"embeddings {sorted(art.embeddings)}; load them from their own embedding file")
     return write_parameters(_targets(pipe, art), add=True)
 
 
