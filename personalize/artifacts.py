@@ -144,13 +144,14 @@ def save_content(path: str | Path, method: str, base_model: str, content: Artifa
 
 
 def trained_on(art: Artifact) -> str:
-    """The instance prompt (or first caption) an artifact's training used, from its metadata; '' if unknown."""
+    """The first caption (or else the instance prompt) an artifact's training used, from its metadata; '' if
+    unknown. Captions beside the images win, as they did in training."""
     try:
         data = json.loads(art.metadata.get("config") or "{}").get("data") or {}
         prompt = data.get("instance_prompt")
     except (ValueError, AttributeError):  # a foreign file's `config` that is not ours
         prompt = None
-    return str(prompt or art.metadata.get("example_caption") or "")
+    return str(art.metadata.get("example_caption") or prompt or "")
 
 
 def _check_safetensors_file(path: Path) -> None:

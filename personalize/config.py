@@ -148,6 +148,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
 
 
+def did_you_mean(key: str, names) -> str:
+    """' (did you mean 'learning_rate'?)' for a near miss among `names`, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _merge(obj: Any, diff: dict, prefix: str = "") -> None:
     """Apply a nested dict of values onto a dataclass instance, in place."""
     if not isinstance(diff, dict):
@@ -161,7 +169,8 @@ def _merge(obj: Any, diff: dict, prefix: str = "") -> None:
             dotted = RENAMED[dotted]
             key = dotted.rsplit(".", 1)[-1]
         if key not in names:
-            raise ConfigError(f"unknown config key '{dotted}'; known keys here: {', '.join(names)}")
+            raise ConfigError(f"unknown config key '{dotted}'{did_you_mean(key, names)}; known keys here: "
+                              f"{', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, dotted + ".")

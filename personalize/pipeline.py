@@ -141,6 +141,7 @@ class Pipeline:
         self.base = base
         self.profile = profile or profile_for(base, getattr(sd_pipe, "text_encoder", None))  # per model family
         self._applied: list[_Applied] = []
+        self._noted: set[str] = set()  # the unknown words already named in a note
 
     @property
     def width(self) -> int:
@@ -202,11 +203,26 @@ class Pipeline:
         when all are known, and on bases without one); `known` adds words (an edit's identifier: "f l")."""
         if self.profile.unknown_words is None:
             return None
+        return self.profile.hint_for(self.profile.unknown_words(list(prompts), self._known(known)))
+
+    def _known(self, known: Sequence[str] = ()) -> list[str]:
+        """The words the base need not know: trigger words, the words a tokenless artifact (DreamBooth, LoRA) was
+        trained with ("sks"), and `known`."""
         from personalize.artifacts import trained_on
 
-        # trigger words, and the words a tokenless artifact (DreamBooth, LoRA) was trained with ("sks")
-        triggers = [t for a in self.artifacts for t in a.triggers + trained_on(a).replace("{}", " ").split()]
-        return self.profile.prompt_hint(prompts, triggers + list(known))
+        return [t for a in self.artifacts for t in a.triggers + trained_on(a).replace("{}", " ").split()] + list(known)
+
+    def note_prompts(self, prompts: list[str], edits: Sequence[Edit] = ()) -> None:
+        """Log the profile's note on the unknown words of `prompts` not noted before by this pipeline:
+        `bind_edits` calls it before a front end starts its progress bar (a note logged under a running bar is
+        glued onto its line), `generate` for direct calls."""
+        if self.profile.unknown_words is None:
+            return
+        known = self._known([w for e in edits for w in getattr(e, "known_words", ())])
+        new = [w for w in self.profile.unknown_words(list(prompts), known) if w not in self._noted]
+        if new:
+            self._noted.update(new)
+            logger.warning("note: %s", self.profile.hint_for(new))
 
     def edits(self, edits) -> list[Edit]:
         """`edits` as a list of `Edit`s: a list as it is, or a plain description {method name: options} (or a
@@ -229,6 +245,7 @@ class Pipeline:
             if hasattr(e, "bind"):
                 e.bind(list(prompts))
         self.check_edits(prompts, edits)
+        self.note_prompts(prompts, edits)
 
     def settings(self, prompt: str, seed: int, negative_prompt: str | None = None, steps: int = 30,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
@@ -271,9 +288,7 @@ class Pipeline:
         seeds = per_prompt * len(prompts)
         edits = self.edits(edits)
         self.check_edits(prompts, edits)
-        hint = self.prompt_hint(prompts, [w for e in edits for w in getattr(e, "known_words", ())])
-        if hint:
-            logger.warning("note: %s", hint)
+        self.note_prompts(prompts, edits)
         # CPU generators, as diffusers recommends for reproducibility: a seed gives the same starting noise
         # on every device (A1111's "CPU" RNG source); diffusers moves the noise to the model's device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]

@@ -158,7 +158,8 @@ def default_validation_images(pipe, prompt: str, seeds: list[int], steps: int) -
 
 
 def _example_caption(folder) -> str:
-    """The first image's caption (its .txt), shown by the app for artifacts without a trigger word."""
+    """The first image's caption (its .txt; '' without one), shown by the app for artifacts without a trigger
+    word."""
     from personalize.data import list_images, read_caption
 
     try:
@@ -173,8 +174,10 @@ def write_artifact(method, components, config) -> Path:
     from personalize.config import config_json
 
     content = method.artifact()
-    if not content.embeddings and not config.data.instance_prompt:  # no trigger word: say what it was trained on
-        content.metadata.setdefault("example_caption", _example_caption(config.data.instance_data_dir))
+    if not content.embeddings:  # no trigger word: say what it was trained on; a .txt caption wins over the
+        caption = _example_caption(config.data.instance_data_dir)  # instance prompt, as it did in training
+        if caption or not config.data.instance_prompt:
+            content.metadata.setdefault("example_caption", caption)
     path = Path(config.train.output_dir) / f"{content.name}.safetensors"
     return save_content(path, config.method["name"], components.source, content, config_json(config))
 
@@ -206,18 +209,35 @@ class _Run:
 
 def _vocabulary_note(config) -> None:
     """A config written for another model (prompts of dogs) run on a base whose profile knows its vocabulary (the
-    default toy world): say so, once."""
+    default toy world): say so, once, naming only the prompts this run uses (the instance prompt only for images
+    without a .txt caption, the class prompt only with prior preservation)."""
     from personalize.profiles import profile_for
 
     profile = profile_for(config.model.pretrained)
     if profile.unknown_words is None:
         return
-    prompts = [p.replace("{}", "") for p in (config.data.instance_prompt, config.data.class_prompt,
-                                             config.train.validation_prompt) if p]
+    data, train_cfg = config.data, config.train
+    used = {"data.instance_prompt": data.instance_prompt if _uncaptioned(data.instance_data_dir) else None,
+            "data.class_prompt": data.class_prompt if train_cfg.with_prior_preservation else None,
+            "train.validation_prompt": train_cfg.validation_prompt}
     trigger = ["sks"] + [str(v) for k, v in config.method.items() if k in ("placeholder_token", "modifier_token")]
-    unknown = profile.unknown_words(prompts, trigger)
-    if unknown:
-        logger.warning("note: %s", profile.training_note.format(words=", ".join(repr(u) for u in unknown)))
+    parts = []
+    for key, prompt in used.items():
+        unknown = profile.unknown_words([prompt.replace("{}", "")], trigger) if prompt else []
+        if unknown:
+            parts.append(f"{', '.join(repr(u) for u in unknown)} ({key})")
+    if parts:
+        logger.warning("note: %s", profile.training_note.format(words="; ".join(parts)))
+
+
+def _uncaptioned(folder) -> bool:
+    """Some image of the training folder has no .txt caption (so the instance prompt is used for it)."""
+    from personalize.data import CAPTION_SUFFIX, list_images
+
+    try:
+        return any(not p.with_suffix(CAPTION_SUFFIX).is_file() for p in list_images(folder))
+    except PersonalizeError:
+        return True
 
 
 def _setup(config, registry: dict | None) -> _Run:
@@ -229,8 +249,8 @@ def _setup(config, registry: dict | None) -> _Run:
 
     train_cfg = config.train
     check_train_config(train_cfg)
-    _vocabulary_note(config)
     method = build_method(config, registry or REGISTRY)  # options and data checked before anything is loaded
+    _vocabulary_note(config)  # after those checks: a note never comes ahead of an error
     accelerator = make_accelerator(train_cfg)
     resume = resolve_resume(train_cfg.resume_from_checkpoint, train_cfg.output_dir)
     components = components_from_config(config.model)

@@ -15,7 +15,7 @@ import logging
 import typing
 
 from personalize.artifacts import ArtifactError
-from personalize.config import ConfigError, coerce
+from personalize.config import ConfigError, coerce, did_you_mean
 from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
 from personalize.methods.class_tokens import dct
 from personalize.methods import face2diffusion
@@ -164,7 +164,7 @@ def _parse(name: str, options_cls, section: dict, registry: dict, label: str | N
         if key not in fields:
             owners = [m for m, r in registry.items() if r.options and key in _fields(r.options)]
             where = f"it belongs to method {' / '.join(owners)}, not {name}" if owners else "no method has it"
-            raise ConfigError(f"config key '{prefix}{key}' is not an option of method {label or name} ({where}); "
-                              f"options: {', '.join(sorted(fields))}")
+            raise ConfigError(f"config key '{prefix}{key}' is not an option of method {label or name} ({where})"
+                              f"{did_you_mean(key, fields)}; options: {', '.join(sorted(fields))}")
         values[key] = coerce(value, hints[key], f"{prefix}{key}")
     return options_cls(**values)

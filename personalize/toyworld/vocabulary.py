@@ -59,7 +59,9 @@ def hint_for(unknown: list[str]) -> str | None:
     """One line naming the unknown words and what the toy world does draw; None when there are none."""
     if not unknown:
         return None
+    from personalize.resources import asset
+
     return (f"the toy world does not know {', '.join(repr(u) for u in unknown[:8])}"
             f"{' ...' if len(unknown) > 8 else ''}: it draws shapes (e.g. 'a small red circle with stripes on a "
             "black background') and faces ('a photo of a smiling person wearing glasses'); its grammar is in "
-            "assets/toyworld/README.md")
+            f"{asset('toyworld', 'README.md')}")
