@@ -91,9 +91,15 @@ def _existing_settings(path: Path) -> dict | None:
         return None
 
 
+@dataclass
+class BatchResult:
+    records: list[dict]  # every job's file and settings (main process; [] on the others)
+    kept: int  # files already in the folder with these settings, not generated again (all processes)
+
+
 def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch_size: int = 4,
-              state=None, progress: bool = True, **gen_kwargs) -> list[dict]:
-    """Generate every (prompt, seed) not already in `out`; return the records of all jobs (main process).
+              state=None, progress: bool = True, **gen_kwargs) -> BatchResult:
+    """Generate every (prompt, seed) not already in `out`; the records of all jobs and how many were kept.
 
     `gen_kwargs` go to both `pipe.generate` and `pipe.settings` (negative_prompt, steps, guidance_scale, height,
     width, edits): an existing file is kept only if its stored settings are what these would write."""
@@ -102,9 +108,10 @@ def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch
     out = Path(out)
     jobs = [Job(i, p, s) for i, p in enumerate(prompts) for s in seeds]
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    done = {j.filename for j in jobs
+            if _existing_settings(out / j.filename) == pipe.settings(j.prompt, j.seed, **gen_kwargs)}
     mine = jobs[rank::world]
-    todo = [j for j in mine
-            if _existing_settings(out / j.filename) != pipe.settings(j.prompt, j.seed, **gen_kwargs)]
+    todo = [j for j in mine if j.filename not in done]
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, desc=f"generate[{rank}]")
     for prompt_jobs in _chunks(todo, batch_size):
@@ -117,11 +124,11 @@ def run_batch(pipe, prompts: list[str], seeds: list[int], out: str | Path, batch
     if state is not None:
         state.wait_for_everyone()
     if rank != 0:
-        return []
+        return BatchResult([], len(done))
     records = [{"file": j.filename, **(_existing_settings(out / j.filename) or {})} for j in jobs]
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     _write_grid(out, jobs, len(prompts), len(seeds))
-    return records
+    return BatchResult(records, len(done))
 
 
 def _chunks(jobs: list[Job], size: int):
@@ -136,23 +143,49 @@ def _chunks(jobs: list[Job], size: int):
         yield chunk
 
 
-def make_grid(images: list, cols: int | None = None):
-    """PIL images of one size in rows of `cols` (default: all in one row)."""
-    from PIL import Image
+def make_grid(images: list, cols: int | None = None, rows: list[str] | None = None,
+              columns: list[str] | None = None):
+    """PIL images of one size in rows of `cols` (default: all in one row). `columns`: a label above each column
+    (the seeds); `rows`: a line above each row (its prompt), cut to the grid's width, as A1111's grids label
+    their axes."""
+    from PIL import Image, ImageDraw, ImageFont
 
     cols = cols or len(images)
-    rows = -(-len(images) // cols)
+    n_rows = -(-len(images) // cols)
     w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    font = ImageFont.load_default()
+    line = LABEL_HEIGHT if rows or columns else 0
+    top, band = (line if columns else 0), (line if rows else 0)
+    grid = Image.new("RGB", (cols * w, top + n_rows * (band + h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, text in enumerate(columns or []):
+        text = text if draw.textlength(text, font=font) <= w - 4 else text.split()[-1]  # "seed 12" -> "12"
+        draw.text((c * w + 2, 1), _fit(draw, text, w - 4, font), fill="black", font=font)
+    for r, text in enumerate(rows or []):
+        draw.text((2, top + r * (band + h) + 1), _fit(draw, text, cols * w - 4, font), fill="black", font=font)
     for k, im in enumerate(images):
-        grid.paste(im, ((k % cols) * w, (k // cols) * h))
+        grid.paste(im, ((k % cols) * w, top + (k // cols) * (band + h) + band))
     return grid
 
 
+LABEL_HEIGHT = 14  # pixels of one label line (Pillow's default font is 11 high)
+
+
+def _fit(draw, text: str, width: int, font) -> str:
+    """`text`, cut with '...' so that it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def _write_grid(out: Path, jobs: list[Job], rows: int, cols: int) -> None:
-    """One row per prompt, one column per seed."""
+    """One row per prompt (labelled with it), one column per seed (labelled 'seed N')."""
     from PIL import Image
 
-    grid = make_grid([Image.open(out / j.filename).convert("RGB") for j in jobs], cols)
+    images = [Image.open(out / j.filename).convert("RGB") for j in jobs]
+    grid = make_grid(images, cols, rows=[jobs[r * cols].prompt for r in range(rows)],
+                     columns=[f"seed {j.seed}" for j in jobs[:cols]])
     with atomic_path(out / "grid.png") as tmp:
         grid.save(tmp, format="PNG")

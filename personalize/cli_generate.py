@@ -159,11 +159,13 @@ def cmd_generate(args) -> int:
                          safety_checker=args.safety_checker)
     pipe.bind_edits(prompts, edits)  # every prompt, before the first image is written
     guidance = pipe.profile.guidance_scale if args.guidance_scale is None else args.guidance_scale
-    records = run_batch(
+    result = run_batch(
         pipe, prompts, seeds, args.out, batch_size=args.batch_size, state=state, progress=not args.no_progress,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=guidance,
         height=args.height, width=args.width, edits=edits,
     )
     if state.is_main_process:
-        print(f"{len(records)} images in {args.out} (grid.png, results.jsonl)")
+        total = len(result.records)
+        kept = f": {total - result.kept} new, {result.kept} already there with these settings" if result.kept else ""
+        print(f"{total} images in {args.out} (grid.png, results.jsonl){kept}")
     return 0

@@ -147,7 +147,8 @@ def validate(method, components, config, step: int, accelerator) -> None:
     with torch.no_grad(), accelerator.autocast():
         images = images_for(pipe, train.validation_prompt, seeds, train.validation_inference_steps)
     with atomic_path(Path(train.output_dir) / "validation" / f"step-{step:06d}.png") as tmp:
-        make_grid(images).save(tmp, format="PNG")
+        make_grid(images, rows=[f"step {step}: {train.validation_prompt}"],
+                  columns=[f"seed {s}" for s in seeds]).save(tmp, format="PNG")
     if "tensorboard" in str(train.report_to):
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
         writer.add_images("validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,7 +22,7 @@ def _gen(model, out, *extra):
     return main(["generate", "--base", str(model), "--out", str(out), "--steps", "2", "--no-progress", *extra])
 
 
-def test_generate_outputs_and_resume(tiny_sd1, tmp_path):
+def test_generate_outputs_and_resume(tiny_sd1, tmp_path, capsys):
     emb = save_embedding(tmp_path, "sks-cat", torch.randn(1, 32), "textual_inversion", "tiny")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a photo of {}\n# comment\n\na {} on the beach\n")
@@ -35,11 +36,18 @@ def test_generate_outputs_and_resume(tiny_sd1, tmp_path):
     assert records[0]["artifacts"] == ["sks-cat"] and records[0]["steps"] == 2
     with Image.open(out / pngs[0]) as im:
         assert "Seed: 0" in im.text["parameters"] and json.loads(im.text["personalize"])["prompt"] == "a photo of sks-cat"
-    with Image.open(out / "grid.png") as grid:
-        assert grid.size == (3 * 16, 2 * 16)
+    with Image.open(out / "grid.png") as grid, Image.open(out / pngs[5]) as last:
+        # a line of seeds on top, a line with its prompt above each row (14 px each), cells of 16 px
+        assert grid.size == (3 * 16, 14 + 2 * (14 + 16))
+        label = np.asarray(grid.convert("L"))[:14]
+        assert label.min() < 128 and label.max() == 255  # dark text on white
+        assert np.array_equal(np.asarray(grid)[14 + 30 + 14:, 32:], np.asarray(last.convert("RGB")))
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("0*.png")}
+    capsys.readouterr()
     assert _gen(tiny_sd1, out, "--prompts", str(prompts), "--seeds", "0-2", "--artifact", str(emb)) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("0*.png")} == mtimes  # resumed: nothing regenerated
+    assert f"6 images in {out} (grid.png, results.jsonl): 0 new, 6 already there with these settings" \
+        in capsys.readouterr().out
     assert _gen(tiny_sd1, out, "--prompts", str(prompts), "--seeds", "0-3", "--artifact", str(emb)) == 0
     assert len(list(out.glob("0*.png"))) == 8 and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 

@@ -83,7 +83,8 @@ def test_validation_images_logs_and_config(tmp_path, tiny_sd1, concept_dir):
 
     grids = sorted(p.name for p in (out / "validation").iterdir())
     assert grids == ["step-000002.png", "step-000004.png"]
-    assert Image.open(out / "validation" / grids[0]).size == (2 * 16, 16)  # two 16 px images side by side
+    # two 16 px images side by side under a line of seeds and a line with the step and the prompt (14 px each)
+    assert Image.open(out / "validation" / grids[0]).size == (2 * 16, 14 + 14 + 16)
     events = list((out / "logs").rglob("events.out.tfevents.*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
