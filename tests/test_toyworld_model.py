@@ -105,6 +105,8 @@ def test_quickstart_writes_grids_and_a_report(tmp_path):
     lines = []
     report = quickstart.run(tmp_path / "qs", seeds=1, train_overrides={"max_train_steps": 5}, say=lines.append)
     text = report.read_text()
+    assert sorted(p.name for p in (tmp_path / "qs").glob("*.*")) == sorted(quickstart.WRITTEN)  # what the CLI lists
+    assert "`assets/" not in text  # paths this install has (a wheel keeps its assets inside the package)
     assert "| the person (all 4 traits) |" in text and "| follows the prompt |" in text
     assert all(f"`{p.format('sks ')}`" in text for p in quickstart.NEW_PROMPTS)
     assert [line[:5] for line in lines] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]

@@ -41,6 +41,9 @@ SAMPLING = {"steps": 25, "guidance_scale": 5.0}  # the toy model's own settings
 INSTANCE_PROMPT = "a photo of a sks person"  # for a photo without a caption file
 
 
+WRITTEN = ("samples.png", "subject.png", "face.png", "report.md")  # the files `run` writes in its folder
+
+
 def examples_dir() -> Path:
     from personalize.resources import asset
 
@@ -156,11 +159,14 @@ def face_step(pipe, face: Path, seeds: int) -> tuple[list, float]:
 
 
 def _face_report(face: Path, scores: dict, seconds: float) -> str:
+    from personalize.profiles import TOY_PROFILE
+
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in scores.items())
+    encoder = TOY_PROFILE.face_encoder()  # where this install keeps it (a wheel: inside the package)
     return f"""
 ## Face2Diffusion: one photo, no tuning
 
-`face.png`: `{face}` alone through the shipped toy encoder (`assets/toyworld_f2d/face2diffusion.safetensors`,
+`face.png`: `{face}` alone through the shipped toy encoder (`{encoder}`,
 trained once on the toy world's 128 training identities; this person is not one of them): {seconds:.2f} s for
 the photo (against the minutes DreamBooth took above), then the same prompts with "f l" for the person (right;
 left: the base model again). Judge B, same columns as above:
@@ -169,7 +175,8 @@ left: the base model again). Judge B, same columns as above:
 |---|---|
 {rows}
 
-The toy recipe carries skin and hair over but rarely the whole identity (docs/effects.md, "Face2Diffusion").
+The toy recipe carries skin and hair over but rarely the whole identity (the source repository's docs/effects.md,
+"Face2Diffusion").
 """
 
 
@@ -208,7 +215,8 @@ person" = face shape, skin, hair color and hair style all the photos'; by chance
 |---|---|---|
 {rows}
 
-Over training seeds and other identities these settings give what docs/effects.md ("Quickstart") reports.
+Over training seeds and other identities these settings give what the source repository's docs/effects.md
+("Quickstart") reports.
 """
 
 
