@@ -57,7 +57,8 @@ def _add_erasure_card(sub) -> None:
 
 
 def _add_config(sub) -> None:
-    p = sub.add_parser("config", help="print the resolved config: defaults <- YAML files <- --dotted.key=value")
+    p = sub.add_parser("config", help="print the resolved config: defaults <- YAML files <- --dotted.key=value",
+                       epilog=OVERRIDES)
     p.add_argument("--config", action="append", default=[], help="YAML file (repeatable, later ones win)")
 
 
@@ -69,15 +70,22 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--train-steps", type=int, default=None, help="DreamBooth steps (default: the measured 300)")
 
 
+OVERRIDES = ("any config key as --section.key=value after the files, e.g. --train.max_train_steps=400 "
+             "--method.rank=8 --data.instance_data_dir=photos (later wins; YAML values: null, true, [a, b]); "
+             "`personalize config --config ...` prints the merged result")
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train any method: --config configs/<method>.yaml [--a.b=value ...]")
+    p = sub.add_parser("train", help="train any method: --config configs/<method>.yaml [--a.b=value ...]",
+                       epilog=OVERRIDES, usage="personalize train [-h] --config CONFIG [--config ...] "
+                                                "[--section.key=value ...]")
     p.add_argument("--config", action="append", default=[],
                    help="YAML config (repeatable, later ones win); a bundled one by name: lora, toyworld/sude")
 
 
 def _add_train_classes(sub) -> None:
     p = sub.add_parser("train-classes", help="dct for many classes: a token file per class, one file with all, "
-                                             "summary.md")
+                                             "summary.md", epilog=OVERRIDES)
     p.add_argument("--config", action="append", default=[], help="YAML config (repeatable), e.g. configs/dct.yaml")
     p.add_argument("--classes", nargs="+", required=True, help="class labels or 0-based indices of the classifier")
 

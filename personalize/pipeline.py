@@ -417,7 +417,9 @@ def load_pipeline(base: str = TOY, artifacts: list[str | Path | Artifact] = (), 
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
     from personalize.methods import record_for_artifact
+    from personalize.quiet import quiet
 
+    quiet()  # the Python API too: no "requires torchvision" lines for the safety checker's unused processor
     device, dtype = _pick(device, dtype)
     arts = [a if isinstance(a, Artifact) else load_artifact(a) for a in artifacts]  # bad files fail before the
     # slow model load

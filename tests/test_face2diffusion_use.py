@@ -121,12 +121,16 @@ def test_bad_prompts_photos_and_files_are_refused(files, pipe, tmp_path):
     Image.new("RGB", (40, 32)).save(tmp_path / "wide.png")
     Image.new("F", (32, 32)).save(tmp_path / "float.tiff")
     for name, message in [("text.png", "not a readable image"), ("dot.png", "1x1; expected an aligned square"),
-                          ("wide.png", "40x32; expected an aligned square"), ("float.tiff", "float.tiff: mode .F. .32-bit float. is not supported")]:
+                          ("wide.png", "40x32; expected an aligned square"),
+                          ("float.tiff", "float.tiff: mode .F. .32-bit float. is not supported")]:
         with pytest.raises(edit.FaceError, match=message):
             pipe.generate("a photo of f l", edits=edits(face=str(tmp_path / name), face_encoder=enc), **kw)
     objects = Image.fromarray(faces.np.asarray(faces.w.render(faces.w.Scene("object", "white", [faces.w.Obj("circle", "red")]))))
     with pytest.raises(edit.FaceError, match="no face found"):
         pipe.generate("a photo of f l", edits=edits(face=objects, face_encoder=enc), **kw)
+    objects.save(tmp_path / "plus0.png")
+    with pytest.raises(edit.FaceError, match=r"^face photo plus0.png: no face found"):  # no '#<digest>' in the name
+        pipe.generate("a photo of f l", edits=edits(face=str(tmp_path / "plus0.png"), face_encoder=enc), **kw)
     with pytest.raises(ArtifactError, match="not a pipeline artifact"):
         pipe.add_artifact(files[1])
     with pytest.raises(edit.FaceError, match="must end in .f2d.safetensors"):

@@ -415,3 +415,23 @@ def test_the_unknown_word_note_comes_once_on_its_own_line_before_the_bar(tmp_pat
     assert len(notes) == 1, err  # one note for the job (it was logged once per pipeline call)
     assert err[notes[0] - 1] == "\n" and "'dog', 'grass'" in err  # not glued to a progress bar line
     assert err.index("note:") < err.index("generate[")
+
+
+@pytest.mark.parametrize("command", ["train", "train-classes", "config"])
+def test_help_of_the_config_commands_names_dotted_overrides(command, capsys):
+    from personalize.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--section.key=value" in out and "--train.max_train_steps=400" in out
+
+
+def test_load_pipeline_from_python_prints_no_torchvision_lines(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import personalize; personalize.load_pipeline('toyworld')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "requires torchvision" not in proc.stderr  # two lines per load before (transformers' fallback note)

@@ -267,8 +267,8 @@ def edit(options: dict | FaceOptions, profile=None) -> FaceEdit:
 def _face_check(found_in, base: str):
     def check(photos: list[np.ndarray], names: list[str]) -> None:
         for found, name in zip(found_in(photos, names), names):
-            if not found:
-                raise FaceError(f"face photo {name}: no face found in it (the {base} base's face check, "
+            if not found:  # the file's name, without the '#<digest>' the image settings carry
+                raise FaceError(f"face photo {name.rsplit('#', 1)[0]}: no face found in it (the {base} base's face check, "
                                 "which reads aligned face crops; to align the face of a real photo first, pass --face-detector "
                                 "cascade or an insightface model pack)")
 
