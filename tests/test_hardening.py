@@ -435,3 +435,28 @@ def test_load_pipeline_from_python_prints_no_torchvision_lines(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "requires torchvision" not in proc.stderr  # two lines per load before (transformers' fallback note)
+
+
+# ----------------------------------------------------------------- documentation against the official code (11)
+
+
+def test_sude_clamp_is_off_by_default_and_not_called_official():
+    """The official LDM code never clamps (LatentDiffusion sets clip_denoised = False): the default is the
+    faithful one, and nothing calls the clamp "official"."""
+    from personalize.methods.personalization import sude
+    from personalize.resources import config_file
+
+    assert sude.Options().clamp_x0 is False
+    for text in (sude.__doc__, config_file("sude.yaml").read_text(), open(sude.__file__).read()):
+        assert "official clamp" not in text and "official asymmetric" not in text
+
+
+def test_classdiffusion_refuses_a_base_with_several_concepts():
+    from types import SimpleNamespace
+
+    from personalize.methods.base import MethodError
+    from personalize.methods.personalization.classdiffusion import Options, SemanticPreservation
+
+    base = SimpleNamespace(tokenizer=None, rows=SimpleNamespace(triggers={"sks": 0, "zwx": 1}))
+    with pytest.raises(MethodError, match=r"one concept per run, but the base has 2 trigger words"):
+        SemanticPreservation(Options(class_word="dog")).setup(base)

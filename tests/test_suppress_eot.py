@@ -51,6 +51,9 @@ def test_shrinkage_and_strengthen():
     sigma = torch.linalg.svdvals(chi)
     assert torch.allclose(torch.linalg.svdvals(strong), 1.2 * sigma * torch.exp(0.001 * sigma), atol=1e-5)
     assert strong.norm() > chi.norm()
+    # any other negative alpha: the plain formula, no gain (official wo_utils.py tests alpha == -.001 only)
+    other = torch.linalg.svdvals(se.swr_matrix(chi, -0.5))
+    assert torch.allclose(other, sigma * torch.exp(0.5 * sigma), rtol=1e-5)
 
 
 def test_hard_modes_on_known_values():

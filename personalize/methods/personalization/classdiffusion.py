@@ -18,6 +18,10 @@ no prior preservation; the official code runs the prior loss *instead of* the SP
 that combination unless `allow_with_prior: true`, which sums both (not in the paper). On a base without a token
 (dreambooth, lora) the SPL could move nothing, so a modifier token `modifier_token` (default "sks") is added and
 trained with it; a base with its own token names it itself (`method.base.modifier_token` / `placeholder_token`).
+
+One concept per run: every base here learns one token, so the SPL has one (phrase, class) pair. The official
+multi-concept recipe (`scripts/train_multi.sh`: several modifier tokens and class words in one run, the SPL
+averaged over them) is not covered; train one file per concept and load them together.
 """
 
 from __future__ import annotations
@@ -122,7 +126,12 @@ class SemanticPreservation:
 
     def setup(self, base: BaseContext) -> None:
         tok, o = base.tokenizer, self.o
-        trigger = next(iter(base.rows.triggers))
+        triggers = list(base.rows.triggers)
+        if len(triggers) != 1:  # the official multi-concept SPL averages over concepts; one concept per run here
+            raise MethodError(f"classdiffusion trains one concept per run, but the base has {len(triggers)} trigger "
+                              f"words {triggers}; the official multi-concept recipe (SPL averaged over concepts) is "
+                              "not supported: train one file per concept")
+        trigger = triggers[0]
         self.phrase = o.spl_template.format(token=trigger, cls=o.class_word)
         phrases = [self.phrase, o.spl_class_template.format(cls=o.class_word)]
         self.ids_p, self.ids_c = (tok(base.rows.expand(p), truncation=True, return_tensors="pt").input_ids

@@ -15,9 +15,11 @@ category and unconditional predictions eps_c, eps_u at the same x_t, t (official
 which equals lambda_sude * g * F_t * [mean((eps_s-eps_c)^2) - mean((eps_s-eps_u)^2)] (expand the means): the
 gradient pushes eps_s along the classifier-free-guidance direction eps_c - eps_u. Departures from the official
 code (its quirks): per sample, any batch size; prior samples routed by origin, not by a string
-test on the caption; t < `min_timestep` (default 1, the t=0 spike F_0 ~ 851) gets no term; the official
-asymmetric x0 clamp of mu_c, mu_u is a flag (`clamp_x0`, off). The category and unconditional passes are one
-batched UNet call under no_grad.
+test on the caption; t < `min_timestep` (default 1, the t=0 spike F_0 ~ 851) gets no term. The x0 of mu_c, mu_u
+is not clamped, as in the official code: `p_mean_variance`'s `clip_denoised` defaults to True, but LDM's
+`LatentDiffusion.__init__` sets `self.clip_denoised = False` (ldm/models/diffusion/ddpm.py) and passes it; an
+asymmetric clamp to [-1, 1] is an option of ours (`clamp_x0`, off). The category and unconditional passes are
+one batched UNet call under no_grad.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Options:
     uncond_prompt: str = ""
     truncate: str = "reference"  # official rule; "none" for ablations (the loss has no lower bound)
     min_timestep: int = 1  # official 0
-    clamp_x0: bool = False  # true: the official clamp of the category/unconditional x0 to [-1, 1]
+    clamp_x0: bool = False  # false: as the official code (LDM never clamps); true: clamp mu_c/mu_u's x0 to [-1, 1]
     base_options: object = None  # the base's Options, filled by `parse_options`
     RENAMED: ClassVar[dict] = {"sude_weight": "lambda_sude"}  # old option names, read with a warning
 

@@ -21,7 +21,8 @@ import torch
 from personalize.errors import PersonalizeError
 
 MODES = ("soft-weight", "alpha", "beta", "weight")
-STRENGTHEN_GAIN = 1.2  # official utils/wo_utils.py: the alpha = -0.001 "strengthen" case (paper Appendix F)
+STRENGTHEN_ALPHA, STRENGTHEN_GAIN = -0.001, 1.2  # official utils/wo_utils.py: at alpha == -0.001 exactly (and no
+# other value) the "strengthen" case (paper Appendix F) multiplies by 1.2; its sign became +0.001 in 2024-10
 
 
 class SuppressError(PersonalizeError):
@@ -34,7 +35,7 @@ class Suppression:
 
     `words`: each entry is a word or a span of the prompt ("glasses", "a hat"), suppressed together with the other
     entries in one SWR (the official code runs one group per call; several groups there mean several edits).
-    `alpha` < 0 strengthens instead (official: alpha = -0.001). `retain_fraction`: the first fraction of the
+    `alpha` < 0 strengthens instead; at -0.001, the official value, with its 1.2 gain. `retain_fraction`: the first fraction of the
     denoising steps uses the prompt as written, so the layout is kept (official `cross_retain_steps` 0.2, paper
     tau = 0.8). ITO runs for steps in [retain, ito_last_step) with `ito_iters` descent iterations each
     (0 = SWR only; `suppress_mode="swr"` sets it to 0)."""
@@ -94,10 +95,11 @@ class Suppression:
 def reweight(sigma: torch.Tensor, alpha: float, mode: str = "soft-weight") -> torch.Tensor:
     """New singular values (descending `sigma`, shape (K,)) for the official `punish_wight` modes.
 
-    soft-weight: sigma * exp(-alpha sigma) (paper Eq. 2, alpha = 1); alpha < 0 strengthens and, as in the
-    official code, gains 1.2x. alpha: zero the top floor(K alpha) values; beta: keep only those."""
+    soft-weight: sigma * exp(-alpha sigma) (paper Eq. 2, alpha = 1); alpha < 0 strengthens, and at alpha = -0.001
+    exactly, as in the official code, gains 1.2x (other negative values do not, there or here). alpha: zero the
+    top floor(K alpha) values; beta: keep only those."""
     if mode == "soft-weight":
-        gain = STRENGTHEN_GAIN if alpha < 0 else 1.0
+        gain = STRENGTHEN_GAIN if alpha == STRENGTHEN_ALPHA else 1.0
         return gain * sigma * torch.exp(-alpha * sigma)
     top = int(len(sigma) * alpha)
     out = sigma.clone()
