@@ -221,3 +221,29 @@ def test_an_erasure_file_that_also_holds_an_embedding_is_refused_not_half_applie
     with pytest.raises(ArtifactError, match=r"holds UNet differences only, but it also lists embeddings \['zq'\]"):
         pipe_sd1.add_artifact(path)
     assert torch.equal(param, before) and "zq" not in pipe_sd1.sd.tokenizer.get_vocab()
+
+
+def test_a_refused_zero_row_embedding_leaves_its_trigger_free(tmp_path, pipe_sd1):
+    bad = _write(tmp_path / "zq.safetensors", {"zq": torch.zeros(0, 32)}, tokens='["zq"]')
+    with pytest.raises(ArtifactError, match=r"shape \(0, 32\)"):
+        pipe_sd1.add_artifact(bad)
+    good = _write(tmp_path / "good.safetensors", {"zq": torch.ones(2, 32)}, tokens='["zq"]')
+    assert pipe_sd1.add_artifact(good).triggers == ["zq"]  # was: "already in the tokenizer" until a restart
+
+
+@pytest.mark.parametrize("meta, message", [({"config": '{"data": "x"}'}, "'config' must be a JSON object"),
+                                           ({"tokens": "null"}, "'tokens' must be a JSON list")])
+def test_an_uploaded_malformed_file_is_refused_with_the_field_named(tmp_path, meta, message):
+    from personalize.studio import Studio
+
+    from personalize.profiles import profile_for
+
+    class Pipe:  # the upload check reads the text encoder's width
+        width, profile = 32, profile_for("sd1")
+
+    (tmp_path / "up").mkdir()
+    upload = _write(tmp_path / "up" / "mine.safetensors", {"zq": torch.zeros(1, 32)}, **({"tokens": '["zq"]'} | meta))
+    studio = Studio(Pipe(), tmp_path / "artifacts", tmp_path / "outputs")
+    with pytest.raises(ArtifactError, match=f"mine.safetensors was not added: .*{message}"):
+        studio.upload(upload)
+    assert not (tmp_path / "artifacts" / "mine.safetensors").exists()
