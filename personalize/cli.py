@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None, registry: dict | None = None) -> int:
         print(f"personalize {args.command}: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C; training says where it stopped and how to resume (errors.Stopped)
-        print(f"personalize {args.command}: {err or 'stopped (Ctrl-C)'}", file=sys.stderr)
+        print(f"personalize {args.command}: {str(err) or 'stopped (Ctrl-C)'}", file=sys.stderr)
         return 130
 
 

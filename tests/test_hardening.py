@@ -285,9 +285,15 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_model_loads(tmp_pat
     assert f"{tmp_path / 'afile'} is a file; expected a folder" in _one_line(capsys)
 
 
-def test_a_full_disk_while_generating_is_one_line(tmp_path, capsys, monkeypatch):
-    import errno
-
+@pytest.mark.parametrize("error, code, message", [
+    (OSError(28, "No space left on device", "o/.0.png.tmp"), 1,
+     "error: No space left on device (o/.0.png.tmp); free some space or choose another output folder"),
+    (PermissionError(13, "Permission denied", "o/.0.png.tmp"), 1,
+     "error: Permission denied (o/.0.png.tmp); choose a folder you can write to"),
+    (KeyboardInterrupt(), 130, "personalize generate: stopped (Ctrl-C)"),
+])
+def test_the_machines_errors_and_ctrl_c_while_generating_are_one_line(tmp_path, capsys, monkeypatch, error, code,
+                                                                       message):
     from personalize import batch, pipeline
     from personalize.cli import main
 
@@ -297,13 +303,21 @@ def test_a_full_disk_while_generating_is_one_line(tmp_path, capsys, monkeypatch)
         def bind_edits(self, prompts, edits):
             pass
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / ".0.png.tmp"))
+    def fail(*a, **k):
+        raise error
 
     monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: Pipe())
-    monkeypatch.setattr(batch, "run_batch", full)
-    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "o")]) == 1
-    assert "error: No space left on device (" in _one_line(capsys)
+    monkeypatch.setattr(batch, "run_batch", fail)
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "o")]) == code
+    assert message in _one_line(capsys)
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    from personalize.cli import main
+
+    (tmp_path / "nul.yaml").write_bytes(b"\x00\x01\x02")  # valid UTF-8, not YAML
+    assert main(["config", "--config", str(tmp_path / "nul.yaml")]) == 2
+    assert "is not valid YAML: unacceptable character #x0000" in _one_line(capsys)
 
 
 def test_the_app_refuses_a_busy_port_before_loading_the_model(capsys, monkeypatch):
