@@ -135,7 +135,8 @@ def cmd_generate(args) -> int:
     from personalize.cpu import configure_threads
     from personalize.dist import process_state
     from personalize.methods import REGISTRY
-    from personalize.pipeline import check_numbers, check_prompts, load_pipeline
+    from personalize.inputs import check_numbers, check_prompts
+    from personalize.pipeline import load_pipeline
     from personalize.profiles import profile_for
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt

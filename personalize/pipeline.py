@@ -31,6 +31,7 @@ import torch
 from personalize.artifacts import Artifact, ArtifactError, load_artifact
 from personalize.components import DTYPES, MIXED_PRECISION, Components, load_components
 from personalize.errors import PersonalizeError
+from personalize.inputs import check_numbers, check_prompts
 from personalize.profiles import TOY, profile_for
 
 logger = logging.getLogger(__name__)
@@ -314,45 +315,6 @@ class Pipeline:
 def is_description(edits) -> bool:
     """Whether `edits` is a plain description ({method: options} or (method, options) pairs), not Edit objects."""
     return isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())
-
-
-def check_prompts(prompts: list, negatives: list | None = None) -> None:
-    """Each prompt a non-empty string of valid text (an empty prompt is refused, as the CLI and the app refuse
-    it); negatives, one per prompt, None or text."""
-    from personalize.errors import check_text
-
-    if not prompts or any(not isinstance(p, str) for p in prompts):
-        raise PersonalizeError("prompt must be a string or a non-empty list of strings")
-    for i, p in enumerate(prompts):
-        if not p.strip():
-            raise PersonalizeError(f"prompt {i + 1} of {len(prompts)} is empty: describe the image to generate"
-                                   if len(prompts) > 1 else "the prompt is empty: describe the image to generate")
-        check_text(p, "prompt")
-    negatives = [None] * len(prompts) if negatives is None else negatives
-    if len(negatives) != len(prompts):
-        raise PersonalizeError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
-    for n in negatives:
-        if n is not None and not isinstance(n, str):
-            raise PersonalizeError(f"negative_prompt must be a string or None, got {type(n).__name__}")
-        check_text(n or "", "negative prompt")
-
-
-def check_numbers(steps, guidance_scale, height, width, seeds) -> None:
-    """One clear line for a setting diffusers would take wrongly (NaN guidance silently turns CFG off) or fail on
-    deep inside the call (a size that is not a positive multiple of 8, a seed torch cannot take)."""
-    import math
-    from numbers import Integral, Real
-
-    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
-        raise PersonalizeError(f"steps must be an integer >= 1, got {steps!r}")
-    if not isinstance(guidance_scale, Real) or not math.isfinite(guidance_scale):
-        raise PersonalizeError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-    for name, side in (("height", height), ("width", width)):
-        if side is not None and (not isinstance(side, Integral) or side < 8 or side % 8):
-            raise PersonalizeError(f"{name} must be a positive multiple of 8 (the VAE's factor), got {side!r}")
-    bad = [s for s in seeds if not 0 <= s < 2**63]
-    if bad:
-        raise PersonalizeError(f"seeds must be in 0..2**63-1, got {bad[:3]}")
 
 
 def _seeds(seed: int | list[int] | None, num_images: int) -> list[int]:
