@@ -84,7 +84,8 @@ def test_the_official_preset_fills_what_flags_leave(tiny_sd1, monkeypatch, tmp_p
     from personalize.cli import main
 
     seen = {}
-    monkeypatch.setattr(personalize.batch, "run_batch", lambda pipe, *a, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(personalize.batch, "run_batch",
+                        lambda pipe, *a, **kw: seen.update(kw) or personalize.batch.BatchResult([], 0))
     real = personalize.pipeline.load_pipeline
     monkeypatch.setattr(personalize.pipeline, "load_pipeline", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
     base = ["generate", "--base", str(tiny_sd1), "--prompt", "a cat", "--out", str(tmp_path / "o"), "--no-progress"]
