@@ -29,6 +29,19 @@ def test_esd_target_by_hand():
     assert torch.equal(losses.esd_target(eps_0, eps_e, 1.0, eps_from=T([2.0, 5.0])), T([0.0, 4.0]))
 
 
+def test_the_newer_official_target_is_ours_at_eta_minus_one():
+    """rohitgandikota/erasing esd_sd.py (2024): without --erase_from, noise_pred_erase_from = noise_pred_erase, so
+    its target is eps(c_e) - ng (eps(c_e) - eps(c_0)); with it, eps(c_f) - ng (...). Written out here from that
+    line, not from our function."""
+    eps_0, eps_e, eps_f = T([1.0, 0.0]), T([3.0, 1.0]), T([2.0, 5.0])
+    for ng in (2.0, 3.0):  # its default --negative_guidance is 2
+        official = eps_e - ng * (eps_e - eps_0)  # ng 2: [-1, -1]
+        assert torch.equal(losses.esd_target(eps_0, eps_e, ng - 1), official)
+        assert not torch.equal(losses.esd_target(eps_0, eps_e, ng), official)  # the old "eta=2 reproduces it"
+        assert torch.equal(losses.esd_target(eps_0, eps_e, ng, eps_from=eps_f), eps_f - ng * (eps_e - eps_0))
+    assert torch.equal(eps_e - 2.0 * (eps_e - eps_0), T([-1.0, -1.0]))  # by hand: 3 - 2 * 2, 1 - 2 * 1
+
+
 def test_abo_target_by_hand():
     eps_0, eps_e, eps_a = T([1.0]), T([3.0]), T([2.0])
     # g_e = 2, g_a = 1: 3 - 0.5 * (2 - 1)
@@ -69,6 +82,20 @@ def test_filter_spellings_and_names(tiny_sd1):
     assert u and not any("attn2" in k for k in u) and set(u) | set(x) == set(full) and not set(u) & set(x)
     assert not any("norm" in k.split(".")[-2] for k in full)  # Linear/Conv2d only: norm layers never train
     assert "conv_in.weight" in u and "time_embedding.linear_1.weight" in u
+
+
+def test_the_paper_era_filters_select_by_parameter_name(tiny_sd1):
+    """train-esd.py (a2189e9): noxattn skips names with 'attn2', starting 'out.' or holding 'time_embed'; full
+    takes every parameter; norms' affine tensors train in both (the newer module rule never trains them)."""
+    unet = load_components(str(tiny_sd1)).unet
+    every = dict(unet.named_parameters())
+    paper_u, paper_full = selected_parameters(unet, "noxattn-paper"), selected_parameters(unet, "full-paper")
+    assert set(paper_full) == set(every)
+    skipped = {n for n in every if "attn2" in n or n.split(".")[0] in ("conv_norm_out", "conv_out", "time_embedding")}
+    assert set(paper_u) == set(every) - skipped and skipped
+    norms = {n for n in paper_u if "norm" in n}
+    assert norms and not norms & set(selected_parameters(unet, "noxattn"))  # the difference the issue names
+    assert "conv_in.weight" in paper_u and "time_embedding.linear_1.weight" not in paper_u
 
 
 # ------------------------------------------------------------------------------------------- the method

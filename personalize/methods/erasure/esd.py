@@ -4,8 +4,9 @@ guidance, eq. 3). ESD-x trains cross-attention (`train_method: xattn`), ESD-u ev
 
 Defaults are the paper-era code's (rohitgandikota/erasing, train-scripts/train-esd.py at commit a2189e9): eta 1,
 lr 1e-5 (configs/esd.yaml), 1000 iterations, batch 1, x_t from a 50-step DDIM run at guidance 3 by the model being
-trained. The newer `esd_sd.py` uses eta 2, lr 5e-5, 200 iterations (configs/esd.yaml names them as a faster
-preset). Which filter fits which concept (paper sec. 4.1): a style or one object -> xattn; a concept prompts
+trained. The newer `esd_sd.py` trains 200 iterations at lr 5e-5 with `--negative_guidance 2`; its target is built
+on eps*(c_e), not eps*(c_0) (`losses.py`), so its 2 is our eta 1: `--method.eta=1 --train.learning_rate=5e-5
+--train.max_train_steps=200 --method.xt_sampler=teacher` is that recipe. Which filter fits which concept (paper sec. 4.1): a style or one object -> xattn; a concept prompts
 rarely name, such as nudity -> noxattn.
 """
 
@@ -21,7 +22,7 @@ class Options:
     # erase an attribute *from* a concept (e.g. "glasses" from "a photo of a person"): the official esd_sd.py's
     # --erase_from, not in the paper; one for all concepts or one per concept ("" for none)
     erase_from: list[str] = field(default_factory=list)
-    eta: float = 1.0  # negative guidance (paper eq. 3); esd_sd.py uses 2.0
+    eta: float = 1.0  # negative guidance (paper eq. 3); esd_sd.py's --negative_guidance is this + 1 (its 2 = our 1)
     train_method: str = "xattn"  # xattn | xattn-strict | noxattn | full | selfattn (or esd-x, esd-u, ...)
     xt_sampler: str = "student"  # who draws x_t: the model being trained (paper) or the frozen "teacher"
     ddim_steps: int = 50

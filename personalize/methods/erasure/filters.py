@@ -12,6 +12,13 @@ README's (`xattn`, `noxattn`, `full`, `selfattn`, from train-scripts/train-esd.p
                 prompts that never name the concept
   full          every Linear/Conv2d
   selfattn      self-attention (`attn1`) only: an ablation of the paper-era code
+
+The paper-era train-esd.py chose by *parameter* name on the CompVis UNet instead, so its `noxattn` and `full`
+also train the norm layers' affine tensors. Those sets are offered under their own names, in diffusers' naming
+(CompVis `out.` = `conv_norm_out` + `conv_out`, `time_embed` = `time_embedding`):
+
+  noxattn-paper every parameter except cross-attention, `conv_norm_out`/`conv_out` and `time_embedding`
+  full-paper    every parameter
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ import torch
 
 from personalize.methods.base import MethodError
 
-FILTERS = ("xattn", "xattn-strict", "noxattn", "full", "selfattn")
+FILTERS = ("xattn", "xattn-strict", "noxattn", "full", "selfattn", "noxattn-paper", "full-paper")
+PAPER_EXCLUDED = ("conv_norm_out.", "conv_out.", "time_embedding.")  # train-esd.py: 'out.' and 'time_embed'
+
+
+def _paper_era(filter_name: str, param_name: str) -> bool:
+    """train-esd.py's rule, by parameter name (norm affine tensors included)."""
+    if filter_name == "full-paper":
+        return True
+    return "attn2" not in param_name and not param_name.startswith(PAPER_EXCLUDED)
 ALIASES = {"esd-x": "xattn", "esd-x-strict": "xattn-strict", "esd-u": "noxattn", "esd-all": "full"}
 
 
@@ -49,6 +64,11 @@ def _matches(filter_name: str, module_name: str) -> bool:
 def selected_parameters(unet: torch.nn.Module, train_method: str) -> dict[str, torch.nn.Parameter]:
     """{parameter name: parameter} of the Linear/Conv2d modules the filter selects, in the UNet's order."""
     name = canonical(train_method)
+    if name.endswith("-paper"):
+        chosen = {n: p for n, p in unet.named_parameters() if _paper_era(name, n)}
+        if not chosen:
+            raise MethodError(f"method.train_method={train_method!r} selects no parameter of this UNet")
+        return chosen
     chosen = {}
     for module_name, module in unet.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and _matches(name, module_name):

@@ -4,12 +4,15 @@ Notation: eps* is the frozen teacher (the original UNet), eps_theta the student 
 to erase, c_0 the empty prompt, c_a an alternative concept. g_e = eps*(c_e) - eps*(c_0) is the implicit
 classifier term that classifier-free guidance scales.
 
-ESD (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023, eq. 3 and Fig. 2; the official
-rohitgandikota/erasing `esd_sd.py`):
+ESD (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023, eq. 3 and Fig. 2; the paper-era
+official code, rohitgandikota/erasing train-scripts/train-esd.py):
     target_ESD = eps*(c_0) - eta * g_e
 i.e. the original unconditional score pushed *against* the concept (negative guidance). With `erase_from` c_f
-(an attribute of a concept, e.g. "glasses" from "a photo of a person"; the official code's `--erase_from`, not in
-the paper) the base of the target is eps*(c_f) instead of eps*(c_0).
+(an attribute of a concept, e.g. "glasses" from "a photo of a person"; the newer official `esd_sd.py`'s
+`--erase_from`, not in the paper) the base of the target is eps*(c_f) instead of eps*(c_0), as there.
+The newer `esd_sd.py` without `--erase_from` builds its target on eps*(c_e) instead:
+    eps*(c_e) - eta_new * g_e  =  eps*(c_0) - (eta_new - 1) * g_e
+so its `--negative_guidance` eta_new is this function's eta + 1: its default 2 is the paper's eta 1.
 
 All-but-One (Hong, Lee, Woo, AAAI 2024, "All but One: Surgical Concept Erasing with Model Preservation"): the
 paper's equations were not available to us and no official code exists, so this is a reconstruction from its
