@@ -3,6 +3,7 @@ on a tiny random SD1 (identity at init, no-op settings, closed forms, gradient c
 untouched, locality, artifact round trip, the x_t sampler's bounds)."""
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -40,6 +41,42 @@ def test_the_newer_official_target_is_ours_at_eta_minus_one():
         assert not torch.equal(losses.esd_target(eps_0, eps_e, ng), official)  # the old "eta=2 reproduces it"
         assert torch.equal(losses.esd_target(eps_0, eps_e, ng, eps_from=eps_f), eps_f - ng * (eps_e - eps_0))
     assert torch.equal(eps_e - 2.0 * (eps_e - eps_0), T([-1.0, -1.0]))  # by hand: 3 - 2 * 2, 1 - 2 * 1
+
+
+def test_concept_templates_expand_each_concept_and_keep_its_alternative():
+    from types import SimpleNamespace
+
+    from personalize.methods.erasure.eraser import check_concepts
+    from personalize.methods.erasure.templates import KINDS, expand, template_list
+
+    assert expand("triangle", []) == ["triangle"]  # off: the official single prompt
+    assert expand("Van Gogh", ["art by {}", "{}"]) == ["art by Van Gogh", "Van Gogh"]
+    assert template_list(["style", "{}", "art by {}"]) == KINDS["style"]  # kinds expanded, duplicates dropped
+    options = SimpleNamespace(name="abo", concepts=["triangle", "red"], alternatives=["circle", "blue"],
+                              erase_from=[], templates=["a {}", "a photo of a {}"])
+    assert check_concepts(options) == [
+        {"erase": "a triangle", "from": None, "alternative": "circle", "concept": "triangle"},
+        {"erase": "a photo of a triangle", "from": None, "alternative": "circle", "concept": "triangle"},
+        {"erase": "a red", "from": None, "alternative": "blue", "concept": "red"},
+        {"erase": "a photo of a red", "from": None, "alternative": "blue", "concept": "red"}]
+    for bad, message in (["a photo"], "has no '{}' for the concept and is not a kind"), ([""], "entries must be"):
+        with pytest.raises(MethodError, match=message):
+            template_list(bad)
+
+
+def test_an_erasure_with_templates_trains_on_them_and_records_the_bare_names(tiny_sd1, tmp_path):
+    from personalize.artifacts import load_artifact
+    from personalize.trainer import train
+
+    cfg = load_config([], {"model": {"pretrained": str(tiny_sd1)},
+                           "method": {"name": "esd", "concepts": ["dog"], "templates": ["a photo of a {}", "{}"],
+                                      "ddim_steps": 2},
+                           "train": {"report_to": "none", "output_dir": str(tmp_path / "o"), "max_train_steps": 2,
+                                     "validation_prompt": None}})
+    result = train(cfg)
+    assert [c["erase"] for c in result.method.concepts] == ["a photo of a dog", "dog"]
+    meta = load_artifact(result.artifact).metadata
+    assert meta["concepts"] == "dog" and json.loads(meta["templates"]) == ["a photo of a {}", "{}"]
 
 
 def test_abo_target_by_hand():

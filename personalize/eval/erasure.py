@@ -78,6 +78,24 @@ def _probes(concept: str, others: list[str], attr: str) -> dict[str, list[tuple[
             "pairs_other_object": pairs, "pairs_erased_object": erased}
 
 
+def phrasing_probes(shape: str) -> dict[str, list[tuple[str, dict]]]:
+    """For a shape erased by its bare name (issue 39): `held_out_phrasings`, the shape under the world's held-out
+    prefixes (never in the toy model's training captions) with sizes, textures and colors no recipe names;
+    `second_in_pair`, the shape named second ("a red circle and a blue triangle": the right object)."""
+    if shape not in w.SHAPES:
+        raise ValueError(f"phrasing probes are for the shapes {w.SHAPES}; got {shape!r}")
+    others = [o for o in w.SHAPES if o != shape]
+    ok = lambda s, c: (s, c) not in w.HELD_OUT_OBJECTS  # noqa: E731
+    colors = [c for c in ("orange", "purple", "red", "yellow", "blue") if ok(shape, c)][:4]
+    looks = ["large {c} {s}", "small {c} {s} with dots", "{c} {s} with stripes", "big {c} {s}"]
+    held = [(w.with_prefix(prefix, look.format(c=c, s=shape)), {"shape": shape})
+            for prefix, look, c in zip(w.HELD_OUT_PREFIXES, looks, colors)]
+    firsts = [("red", others[0]), ("yellow", others[1]), ("red", others[2]), ("blue", others[0])]
+    pairs = [(f"{w.article(c1)} {c1} {s1} and {w.article(c2)} {c2} {shape}", {"right_shape": shape})
+             for (c1, s1), c2 in zip(firsts, colors) if ok(s1, c1)]
+    return {"held_out_phrasings": held, "second_in_pair": pairs}
+
+
 def score(pipe, judge, items: list[tuple[str, dict]], per_prompt: int, seed: int,
           sampling: dict = SAMPLING) -> tuple[float, list]:
     """The fraction of images the judge reads as asked, and the images; image k of a prompt uses seed `seed + k`."""
@@ -92,9 +110,11 @@ def read_as_asked(judge, images: list, asked: list[dict]) -> float:
     return sum(all(p.get(k) == v for k, v in e.items()) for p, e in zip(judge.predict(images), asked)) / len(asked)
 
 
-def rates(pipe, judge, concept: str, per_prompt: int, seed: int) -> dict[str, float]:
-    """Per probe, the fraction of images the judge reads as asked (`score`)."""
-    return {probe: score(pipe, judge, items, per_prompt, seed)[0] for probe, items in probes(concept).items()}
+def rates(pipe, judge, concept: str, per_prompt: int, seed: int, phrasings: bool = False) -> dict[str, float]:
+    """Per probe, the fraction of images the judge reads as asked (`score`); `phrasings`: also
+    `phrasing_probes` (a shape)."""
+    items = probes(concept) | (phrasing_probes(concept) if phrasings else {})
+    return {probe: score(pipe, judge, group, per_prompt, seed)[0] for probe, group in items.items()}
 
 
 def uncond_drift(pipe, artifact: str | None, n: int = 4, seed: int = 0) -> float:
@@ -131,7 +151,8 @@ def train_arm(config_path: str, seed: int, out: Path, overrides: dict | None = N
 
 
 def measure(arms: dict[str, str], concept: str, seeds: list[int], out: str | Path, per_prompt: int = 4,
-            sample_seed: int = 9000, progress: bool = True, base: bool = True) -> list[dict]:
+            sample_seed: int = 9000, progress: bool = True, base: bool = True, phrasings: bool = False,
+            overrides: dict | None = None) -> list[dict]:
     """rows {"arm", "seed", probe rates...}: the base model once per training seed (the same sampling seeds;
     `base=False` leaves it out), then every arm (name -> config path) trained on that seed."""
     from tqdm.auto import tqdm
@@ -144,12 +165,14 @@ def measure(arms: dict[str, str], concept: str, seeds: list[int], out: str | Pat
     for seed in tqdm(seeds, desc="training seeds", disable=not progress):
         if base:
             rows.append({"arm": "base", "seed": seed} | rates(pipe, judge, concept, per_prompt,
-                                                              sample_seed + 100 * seed) | {"uncond_drift": 0.0})
+                                                              sample_seed + 100 * seed, phrasings)
+                        | {"uncond_drift": 0.0})
         for arm, config_path in arms.items():
-            artifact = str(train_arm(config_path, seed, out / f"{arm}-{seed}"))
+            artifact = str(train_arm(config_path, seed, out / f"{arm}-{seed}", (overrides or {}).get(arm)))
             drift = uncond_drift(pipe, artifact)
             pipe.set_artifacts([artifact])
-            rows.append({"arm": arm, "seed": seed} | rates(pipe, judge, concept, per_prompt, sample_seed + 100 * seed)
+            rows.append({"arm": arm, "seed": seed}
+                        | rates(pipe, judge, concept, per_prompt, sample_seed + 100 * seed, phrasings)
                         | {"uncond_drift": drift})
             pipe.set_artifacts([])
     return rows

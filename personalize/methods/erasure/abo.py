@@ -19,6 +19,9 @@ class Options:
     name: str = "abo"
     concepts: list[str] = field(default_factory=list)  # prompts to erase; one drawn per sample
     alternatives: list[str] = field(default_factory=list)  # c_a per concept (or one for all); none: toward ""
+    # each concept written into these templates ("a photo of a {}", or a kind: object, style, attribute), one
+    # drawn per sample; [] (default): the concept is the one prompt, the official recipe (templates.py)
+    templates: list[str] = field(default_factory=list)
     eta: float = 1.0  # 1: the concept's prediction becomes the alternative's
     lambda_uncond: float = 1.0  # weight of loss_uncond (unverified placeholder)
     preserve: list[str] = field(default_factory=list)  # neighbour prompts kept as the original draws them

@@ -20,6 +20,7 @@ run of the official code would loop over them. The artifact holds only the chang
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 
@@ -29,6 +30,7 @@ from personalize.methods import blocks
 from personalize.methods.base import MethodError
 from personalize.methods.erasure import losses
 from personalize.methods.erasure.filters import canonical, selected_parameters
+from personalize.methods.erasure.templates import template_list
 from personalize.methods.sampling import sample, timesteps
 
 XT_SAMPLERS = ("student", "teacher")
@@ -187,18 +189,25 @@ class Eraser:
     def artifact(self) -> ArtifactContent:
         """The changed tensors as differences to the base, `unet.<parameter>` (float32)."""
         diff = {f"unet.{k}": p.detach().float().cpu() - self.original[k] for k, p in self.params.items()}
-        meta = {"concepts": ", ".join(c["erase"] for c in self.concepts), "eta": str(self.o.eta),
+        per = max(1, len(template_list(list(getattr(self.o, "templates", [])))))
+        given = self.concepts[::per]  # one entry per concept as given, before the templates
+        meta = {"concepts": ", ".join(c["concept"] for c in given), "eta": str(self.o.eta),
                 "train_method": canonical(self.o.train_method), "xt_sampler": self.o.xt_sampler,
                 "xt_cache": str(self.o.xt_cache),
                 "steps": str(self.config.train.max_train_steps)}
+        if getattr(self.o, "templates", None):
+            meta["templates"] = json.dumps(template_list(list(self.o.templates)))
         if self.abo:
-            meta |= {"alternatives": ", ".join(c["alternative"] or "" for c in self.concepts),
+            meta |= {"alternatives": ", ".join(c["alternative"] or "" for c in given),
                      "lambda_uncond": str(self.o.lambda_uncond)}
         return ArtifactContent(name=self.o.name, weights=diff, kind="diff", metadata=meta)
 
 
 def check_concepts(options) -> list[dict]:
-    """[{"erase": c_e, "from": c_f or None, "alternative": c_a or None}] from the options' parallel lists."""
+    """[{"erase": c_e, "from": c_f or None, "alternative": c_a or None}] from the options' parallel lists; with
+    `templates`, one entry per (concept, template), the concept's c_f and c_a carried over (`templates.py`)."""
+    from personalize.methods.erasure.templates import expand
+
     concepts = list(options.concepts)
     if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
         raise MethodError(f"method.concepts must be a non-empty list of prompts to erase, e.g. "
@@ -212,5 +221,6 @@ def check_concepts(options) -> list[dict]:
                               f"for all, or one per concept")
     spread = {k: (v * len(concepts) if len(v) == 1 else v) or [None] * len(concepts) for k, v in extra.items()}
     alternatives = spread.get("alternatives", [None] * len(concepts))
-    return [{"erase": c.strip(), "from": f or None, "alternative": a or None}
-            for c, f, a in zip(concepts, spread["erase_from"], alternatives)]
+    templates = template_list(list(getattr(options, "templates", [])))
+    return [{"erase": p, "from": f or None, "alternative": a or None, "concept": c.strip()}
+            for c, f, a in zip(concepts, spread["erase_from"], alternatives) for p in expand(c.strip(), templates)]

@@ -22,6 +22,9 @@ class Options:
     # erase an attribute *from* a concept (e.g. "glasses" from "a photo of a person"): the official esd_sd.py's
     # --erase_from, not in the paper; one for all concepts or one per concept ("" for none)
     erase_from: list[str] = field(default_factory=list)
+    # each concept written into these templates ("a photo of a {}", or a kind: object, style, attribute), one
+    # drawn per sample; [] (default): the concept is the one prompt, the official recipe (templates.py)
+    templates: list[str] = field(default_factory=list)
     eta: float = 1.0  # negative guidance (paper eq. 3); esd_sd.py's --negative_guidance is this + 1 (its 2 = our 1)
     train_method: str = "xattn"  # xattn | xattn-strict | noxattn | full | selfattn (or esd-x, esd-u, ...)
     xt_sampler: str = "student"  # who draws x_t: the model being trained (paper) or the frozen "teacher"
