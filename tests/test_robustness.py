@@ -26,9 +26,10 @@ def _probe(probes, name):
 def test_object_probes_ask_for_the_concept_where_they_score_it(concept):
     probes = r.probes(concept)
     attr = "shape" if concept in w.SHAPES else "color"
-    assert [p.name for p in probes] == ["direct", "paraphrases", "pairs, concept first", "pairs, concept second",
-                                        "attack: textual inversion", "attack: relearning", "neighbours",
-                                        "pair partner", "unrelated"]
+    held_out = ["held-out colors and phrasings"] if attr == "shape" else []
+    assert [p.name for p in probes] == ["direct", "paraphrases", *held_out, "pairs, concept first",
+                                        "pairs, concept second", "attack: textual inversion", "attack: relearning",
+                                        "neighbours", "pair partner", "unrelated"]
     for p in probes:
         assert len(p.items) >= 2, p.name
         for prompt, want in p.items:
@@ -125,7 +126,7 @@ def test_a_card_of_an_erasure_that_changes_nothing_shows_the_base(esd_artifact, 
     result = json.loads((tmp_path / "card" / "card.json").read_text())
     assert result["concept"] == "triangle"
     rows = {row["probe"]: row for row in result["rows"]}
-    assert len(rows) == 9 and len(list((tmp_path / "card" / "grids").glob("*.png"))) == 9
+    assert len(rows) == 10 and len(list((tmp_path / "card" / "grids").glob("*.png"))) == 10  # a shape: 10 probes
     assert rows["direct"]["base"] >= 0.75  # the toy model draws its triangles (in 8 steps too)
     for name, row in rows.items():
         if not name.startswith("attack"):

@@ -66,9 +66,12 @@ def probes(concept: str) -> list[Probe]:
     direct = base["direct"]
     pairs = [p for p, _ in base["pairs_other_object"]]
     swapped = [" and ".join(p.split(" and ")[::-1]) for p in pairs]  # "a X and a Y" -> "a Y and a X"
+    held_out = [Probe("held-out colors and phrasings", erasure.phrasing_probes(concept)["held_out_phrasings"],
+                      True)] if attr == "shape" else []  # colors and prefixes no recipe trains on (issue 39)
     return [
         Probe("direct", direct, True),
         Probe("paraphrases", [(p, want) for p in _paraphrases(direct)], True),
+        *held_out,
         Probe("pairs, concept first", [(p, {f"left_{attr}": concept}) for p in pairs], True),
         Probe("pairs, concept second", [(p, {f"right_{attr}": concept}) for p in swapped], True),
         Probe("attack: textual inversion", [(_with_trigger(p, concept), e) for p, e in direct], True,
