@@ -79,6 +79,22 @@ def test_an_erasure_with_templates_trains_on_them_and_records_the_bare_names(tin
     assert meta["concepts"] == "dog" and json.loads(meta["templates"]) == ["a photo of a {}", "{}"]
 
 
+def test_esd_keeps_neighbours_written_into_the_same_templates(tiny_sd1):
+    from types import SimpleNamespace
+
+    from personalize.methods.erasure.eraser import preserved_prompts
+
+    options = SimpleNamespace(preserve=["circle", " square "], templates=["a {}", "a photo of a {}"])
+    assert preserved_prompts(options) == ["a circle", "a photo of a circle", "a square", "a photo of a square"]
+    assert preserved_prompts(SimpleNamespace(preserve=["a circle"], templates=[])) == ["a circle"]
+    m = _eraser(tiny_sd1, "esd", preserve=["a photo of a cat"], lambda_preserve=0.5)
+    assert m.loss_weights()["loss_preserve"] == 0.5
+    out = m.training_step({"concepts": [0]}, torch.Generator().manual_seed(0))
+    assert set(out) == {"loss_erase", "loss_preserve"} and float(out["loss_preserve"]) == 0.0  # student = teacher
+    plain = _eraser(tiny_sd1, "esd").training_step({"concepts": [0]}, torch.Generator().manual_seed(0))
+    assert set(plain) == {"loss_erase"}  # off: the official ESD step, no extra draw
+
+
 def test_abo_target_by_hand():
     eps_0, eps_e, eps_a = T([1.0]), T([3.0]), T([2.0])
     # g_e = 2, g_a = 1: 3 - 0.5 * (2 - 1)

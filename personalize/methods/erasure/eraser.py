@@ -10,7 +10,7 @@ One training step (ESD paper sec. 4 and Fig. 2; rohitgandikota/erasing train-scr
   3. the student's prediction for the concept (`erase_from` when given), and for AbO also for "" (and the
      neighbour prompts);
   4. loss_erase = MSE(student, target) (`personalize.methods.erasure.losses`), AbO adds lambda_uncond *
-     loss_uncond (+ lambda_preserve * loss_preserve).
+     loss_uncond; either adds lambda_preserve * loss_preserve for neighbour prompts (`preserve`).
 t is the schedule's timestep at index k (the newer code's choice; the paper-era code drew a DDPM t inside the
 k-th DDIM interval). Several concepts: each sample of a batch draws one (a per-position draw), as a multi-concept
 run of the official code would loop over them. The artifact holds only the changed tensors, as differences
@@ -43,6 +43,7 @@ class Eraser:
     def __init__(self, options, config):
         self.o, self.config, self.abo = options, config, options.name == "abo"
         self.concepts = check_concepts(options)
+        self.preserve = preserved_prompts(options)
         canonical(options.train_method)
         if options.xt_sampler not in XT_SAMPLERS:
             raise MethodError(f"method.xt_sampler={options.xt_sampler!r}: expected one of {', '.join(XT_SAMPLERS)}")
@@ -72,7 +73,7 @@ class Eraser:
         self.ts = timesteps(self.scheduler, self.o.ddim_steps)
         self.emb: dict[str, torch.Tensor] = {}  # prompt -> (77, width), filled by `_stack`
         self._stack(sorted({""} | {p for concept in self.concepts for p in concept.values() if p} |
-                           set(getattr(self.o, "preserve", []))))  # every known prompt encoded once, up front
+                           set(self.preserve)))  # every known prompt encoded once, up front
         self.unet = c.unet
         self._pool: dict[tuple[int, int], list[torch.Tensor]] = {}  # (concept, index) -> x at steps 0..n-1
 
@@ -84,7 +85,7 @@ class Eraser:
 
     def loss_weights(self) -> dict[str, float]:
         return {"loss_erase": 1.0, "loss_uncond": self.o.lambda_uncond if self.abo else 0.0,
-                "loss_preserve": self.o.lambda_preserve if self.abo else 0.0}
+                "loss_preserve": self.o.lambda_preserve}
 
     # ------------------------------------------------------------------------------------ data
 
@@ -172,14 +173,14 @@ class Eraser:
         if self.abo:
             pred_0 = blocks.predict(self.unet, x_t, t, self._stack([""] * b).to(self.dtype), self.accelerator)
             out["loss_uncond"] = losses.mse(pred_0, eps_0)
-            if self.o.preserve and self.o.lambda_preserve:
-                out["loss_preserve"] = self._preserve(x_t, t, gen)
+        if self.preserve and self.o.lambda_preserve:
+            out["loss_preserve"] = self._preserve(x_t, t, gen)
         return out
 
     def _preserve(self, x_t, t, gen) -> torch.Tensor:
         """|| eps_theta(x_t, c_p) - eps*(x_t, c_p) ||^2 for one neighbour prompt per sample (drawn by `gen`)."""
-        picks = torch.randint(0, len(self.o.preserve), (x_t.shape[0],), generator=gen).tolist()
-        prompts = [self.o.preserve[i] for i in picks]
+        picks = torch.randint(0, len(self.preserve), (x_t.shape[0],), generator=gen).tolist()
+        prompts = [self.preserve[i] for i in picks]
         (target,) = self.teacher_eps(x_t, t, [prompts])
         pred = blocks.predict(self.unet, x_t, t, self._stack(prompts).to(self.dtype), self.accelerator)
         return losses.mse(pred, target)
@@ -201,6 +202,17 @@ class Eraser:
             meta |= {"alternatives": ", ".join(c["alternative"] or "" for c in given),
                      "lambda_uncond": str(self.o.lambda_uncond)}
         return ArtifactContent(name=self.o.name, weights=diff, kind="diff", metadata=meta)
+
+
+def preserved_prompts(options) -> list[str]:
+    """The neighbour prompts kept as the original draws them (`preserve`), written into the same `templates`
+    as the concepts, so that bare neighbour names ("circle") are kept across the phrasings the concept is erased
+    in."""
+    from personalize.methods.erasure.templates import expand
+
+    templates = template_list(list(getattr(options, "templates", [])))
+    names = [p.strip() for p in getattr(options, "preserve", []) if isinstance(p, str) and p.strip()]
+    return list(dict.fromkeys(q for p in names for q in expand(p, templates)))
 
 
 def check_concepts(options) -> list[dict]:

@@ -26,6 +26,10 @@ class Options:
     # drawn per sample; [] (default): the concept is the one prompt, the official recipe (templates.py)
     templates: list[str] = field(default_factory=list)
     eta: float = 1.0  # negative guidance (paper eq. 3); esd_sd.py's --negative_guidance is this + 1 (its 2 = our 1)
+    # neighbour prompts kept as the original model draws them (as All-but-One's neighbour term): loss_preserve
+    # = ||eps_theta(x_t, c_p) - eps*(x_t, c_p)||^2, weighted by lambda_preserve; ours, not in the ESD paper
+    preserve: list[str] = field(default_factory=list)
+    lambda_preserve: float = 0.0
     train_method: str = "xattn"  # xattn | xattn-strict | noxattn | full | selfattn (or esd-x, esd-u, ...)
     xt_sampler: str = "student"  # who draws x_t: the model being trained (paper) or the frozen "teacher"
     ddim_steps: int = 50
