@@ -46,6 +46,12 @@ ERASURE = [
      {"name": "esd", "concepts": DOG, "ddim_steps": 50, "xt_sampler": "teacher", "xt_cache": 16, "_short": 120}),
     ("abo, x_t from 16 cached trajectories (after they are drawn)",
      {"name": "abo", "concepts": DOG, "ddim_steps": 50, "xt_sampler": "teacher", "xt_cache": 16, "_short": 120}),
+    # issue 39's options, x_t sampling excluded as above: templates change which prompt a step draws, not its
+    # calls; preservation adds a teacher and a student call for one neighbour prompt
+    ("esd + templates (object), x_t sampling excluded",
+     {"name": "esd", "concepts": ["dog"], "templates": ["object"], "ddim_steps": 1}),
+    ("esd + preserve (lambda 1), x_t sampling excluded",
+     {"name": "esd", "concepts": DOG, "preserve": ["a photo of a cat"], "lambda_preserve": 1.0, "ddim_steps": 1}),
 ]
 
 # dct: one optimizer step = 5 generated images (run.py's accumulation), steered by the toy judge, with and without
