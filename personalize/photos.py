@@ -14,6 +14,7 @@ Rules, the same everywhere:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from personalize.errors import PersonalizeError
@@ -37,7 +38,7 @@ def open_photo(source, what: str = "image", max_pixels: int | None = None, name:
 
     name, max_pixels = name or photo_name(source), max_pixels or MAX_PIXELS
     try:
-        with Image.open(source) if isinstance(source, (str, Path)) else _borrowed(source) as im:
+        with Image.open(source) if isinstance(source, (str, Path)) else nullcontext(source) as im:  # the caller's
             w, h = im.size
             if w * h > max_pixels:
                 raise PhotoError(f"{what} {name}: {w}x{h} is larger than {max_pixels:,} pixels; expected a "
@@ -52,19 +53,6 @@ def open_photo(source, what: str = "image", max_pixels: int | None = None, name:
         return to_rgb(image)
     except PhotoError as err:
         raise PhotoError(f"{what} {name}: {err}") from None
-
-
-class _borrowed:
-    """`with` for an image the caller opened: the caller closes it."""
-
-    def __init__(self, image):
-        self.image = image
-
-    def __enter__(self):
-        return self.image
-
-    def __exit__(self, *exc):
-        return False
 
 
 def to_rgb(image, background=(255, 255, 255)):

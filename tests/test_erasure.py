@@ -54,7 +54,7 @@ def test_concept_templates_expand_each_concept_and_keep_its_alternative():
     assert template_list(["style", "{}", "art by {}"]) == KINDS["style"]  # kinds expanded, duplicates dropped
     options = SimpleNamespace(name="abo", concepts=["triangle", "red"], alternatives=["circle", "blue"],
                               erase_from=[], templates=["a {}", "a photo of a {}"])
-    assert check_concepts(options) == [
+    assert check_concepts(options, template_list(options.templates)) == [
         {"erase": "a triangle", "from": None, "alternative": "circle", "concept": "triangle"},
         {"erase": "a photo of a triangle", "from": None, "alternative": "circle", "concept": "triangle"},
         {"erase": "a red", "from": None, "alternative": "blue", "concept": "red"},
@@ -85,8 +85,9 @@ def test_esd_keeps_neighbours_written_into_the_same_templates(tiny_sd1):
     from personalize.methods.erasure.eraser import preserved_prompts
 
     options = SimpleNamespace(preserve=["circle", " square "], templates=["a {}", "a photo of a {}"])
-    assert preserved_prompts(options) == ["a circle", "a photo of a circle", "a square", "a photo of a square"]
-    assert preserved_prompts(SimpleNamespace(preserve=["a circle"], templates=[])) == ["a circle"]
+    assert preserved_prompts(options, options.templates) == ["a circle", "a photo of a circle", "a square",
+                                                             "a photo of a square"]
+    assert preserved_prompts(SimpleNamespace(preserve=["a circle"]), []) == ["a circle"]
     m = _eraser(tiny_sd1, "esd", preserve=["a photo of a cat"], lambda_preserve=0.5)
     assert m.loss_weights()["loss_preserve"] == 0.5
     out = m.training_step({"concepts": [0]}, torch.Generator().manual_seed(0))

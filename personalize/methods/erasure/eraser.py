@@ -42,8 +42,9 @@ class Eraser:
 
     def __init__(self, options, config):
         self.o, self.config, self.abo = options, config, options.name == "abo"
-        self.concepts = check_concepts(options)
-        self.preserve = preserved_prompts(options)
+        self.templates = template_list(list(options.templates))  # kinds expanded; [] off
+        self.concepts = check_concepts(options, self.templates)
+        self.preserve = preserved_prompts(options, self.templates)
         canonical(options.train_method)
         if options.xt_sampler not in XT_SAMPLERS:
             raise MethodError(f"method.xt_sampler={options.xt_sampler!r}: expected one of {', '.join(XT_SAMPLERS)}")
@@ -190,34 +191,33 @@ class Eraser:
     def artifact(self) -> ArtifactContent:
         """The changed tensors as differences to the base, `unet.<parameter>` (float32)."""
         diff = {f"unet.{k}": p.detach().float().cpu() - self.original[k] for k, p in self.params.items()}
-        per = max(1, len(template_list(list(getattr(self.o, "templates", [])))))
-        given = self.concepts[::per]  # one entry per concept as given, before the templates
+        given = self.concepts[::max(1, len(self.templates))]  # one entry per concept as given, before templates
         meta = {"concepts": ", ".join(c["concept"] for c in given), "eta": str(self.o.eta),
                 "train_method": canonical(self.o.train_method), "xt_sampler": self.o.xt_sampler,
                 "xt_cache": str(self.o.xt_cache),
                 "steps": str(self.config.train.max_train_steps)}
-        if getattr(self.o, "templates", None):
-            meta["templates"] = json.dumps(template_list(list(self.o.templates)))
+        if self.templates:
+            meta["templates"] = json.dumps(self.templates)
         if self.abo:
             meta |= {"alternatives": ", ".join(c["alternative"] or "" for c in given),
                      "lambda_uncond": str(self.o.lambda_uncond)}
         return ArtifactContent(name=self.o.name, weights=diff, kind="diff", metadata=meta)
 
 
-def preserved_prompts(options) -> list[str]:
+def preserved_prompts(options, templates: list[str] = ()) -> list[str]:
     """The neighbour prompts kept as the original draws them (`preserve`), written into the same `templates`
     as the concepts, so that bare neighbour names ("circle") are kept across the phrasings the concept is erased
     in."""
     from personalize.methods.erasure.templates import expand
 
-    templates = template_list(list(getattr(options, "templates", [])))
     names = [p.strip() for p in getattr(options, "preserve", []) if isinstance(p, str) and p.strip()]
-    return list(dict.fromkeys(q for p in names for q in expand(p, templates)))
+    return list(dict.fromkeys(q for p in names for q in expand(p, list(templates))))
 
 
-def check_concepts(options) -> list[dict]:
+def check_concepts(options, templates: list[str] = ()) -> list[dict]:
     """[{"erase": c_e, "from": c_f or None, "alternative": c_a or None}] from the options' parallel lists; with
-    `templates`, one entry per (concept, template), the concept's c_f and c_a carried over (`templates.py`)."""
+    `templates` (`templates.template_list`), one entry per (concept, template), the concept's c_f and c_a carried
+    over."""
     from personalize.methods.erasure.templates import expand
 
     concepts = list(options.concepts)
@@ -233,6 +233,5 @@ def check_concepts(options) -> list[dict]:
                               f"for all, or one per concept")
     spread = {k: (v * len(concepts) if len(v) == 1 else v) or [None] * len(concepts) for k, v in extra.items()}
     alternatives = spread.get("alternatives", [None] * len(concepts))
-    templates = template_list(list(getattr(options, "templates", [])))
     return [{"erase": p, "from": f or None, "alternative": a or None, "concept": c.strip()}
-            for c, f, a in zip(concepts, spread["erase_from"], alternatives) for p in expand(c.strip(), templates)]
+            for c, f, a in zip(concepts, spread["erase_from"], alternatives) for p in expand(c.strip(), list(templates))]

@@ -6,8 +6,8 @@ Defaults are the paper-era code's (rohitgandikota/erasing, train-scripts/train-e
 lr 1e-5 (configs/esd.yaml), 1000 iterations, batch 1, x_t from a 50-step DDIM run at guidance 3 by the model being
 trained. The newer `esd_sd.py` trains 200 iterations at lr 5e-5 with `--negative_guidance 2`; its target is built
 on eps*(c_e), not eps*(c_0) (`losses.py`), so its 2 is our eta 1: `--method.eta=1 --train.learning_rate=5e-5
---train.max_train_steps=200 --method.xt_sampler=teacher` is that recipe. Which filter fits which concept (paper sec. 4.1): a style or one object -> xattn; a concept prompts
-rarely name, such as nudity -> noxattn.
+--train.max_train_steps=200 --method.xt_sampler=teacher` is that recipe. Which filter fits which concept (paper
+sec. 4.1): a style or one object -> xattn; a concept prompts rarely name, such as nudity -> noxattn.
 """
 
 from dataclasses import dataclass, field

@@ -29,6 +29,7 @@ from personalize.methods.base import MethodError
 
 FILTERS = ("xattn", "xattn-strict", "noxattn", "full", "selfattn", "noxattn-paper", "full-paper")
 PAPER_EXCLUDED = ("conv_norm_out.", "conv_out.", "time_embedding.")  # train-esd.py: 'out.' and 'time_embed'
+ALIASES = {"esd-x": "xattn", "esd-x-strict": "xattn-strict", "esd-u": "noxattn", "esd-all": "full"}
 
 
 def _paper_era(filter_name: str, param_name: str) -> bool:
@@ -36,7 +37,6 @@ def _paper_era(filter_name: str, param_name: str) -> bool:
     if filter_name == "full-paper":
         return True
     return "attn2" not in param_name and not param_name.startswith(PAPER_EXCLUDED)
-ALIASES = {"esd-x": "xattn", "esd-x-strict": "xattn-strict", "esd-u": "noxattn", "esd-all": "full"}
 
 
 def canonical(train_method: str) -> str:
@@ -66,14 +66,10 @@ def selected_parameters(unet: torch.nn.Module, train_method: str) -> dict[str, t
     name = canonical(train_method)
     if name.endswith("-paper"):
         chosen = {n: p for n, p in unet.named_parameters() if _paper_era(name, n)}
-        if not chosen:
-            raise MethodError(f"method.train_method={train_method!r} selects no parameter of this UNet")
-        return chosen
-    chosen = {}
-    for module_name, module in unet.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and _matches(name, module_name):
-            for param_name, param in module.named_parameters(recurse=False):
-                chosen[f"{module_name}.{param_name}"] = param
+    else:
+        chosen = {f"{module_name}.{param_name}": param for module_name, module in unet.named_modules()
+                  if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and _matches(name, module_name)
+                  for param_name, param in module.named_parameters(recurse=False)}
     if not chosen:
         raise MethodError(f"method.train_method={train_method!r} selects no parameter of this UNet")
     return chosen
