@@ -1,4 +1,5 @@
-"""Small helpers shared by tests (not fixtures): state snapshots and a real diffusers LoRA file."""
+"""Small helpers shared by tests (not fixtures): state snapshots, a real diffusers LoRA file, and the CLI's
+argv for a tiny LoRA run with the one-line error it should print."""
 
 from pathlib import Path
 
@@ -76,3 +77,17 @@ def train_tiny_f2d(root: Path, msid_options: dict | None = None, map_options: di
     f2d = train(config(root / "map", {"name": "face2diffusion", "msid": str(msid), **(map_options or F2D_MAP_SMALL)},
                        2)).artifact
     return msid, f2d
+
+
+def train_argv(model, data, out, *extra):
+    """`personalize train` argv for a rank-2 LoRA on a tiny model, no validation, no tracker."""
+    return ["train", "--config", "lora", f"--model.pretrained={model}", f"--data.instance_data_dir={data}",
+            f"--train.output_dir={out}", "--train.report_to=none", "--train.validation_prompt=null",
+            "--method.rank=2", *extra]
+
+
+def one_line(capsys) -> str:
+    """The message: the last line of stderr (progress bars may come before it), and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n"), err
+    return err.splitlines()[-1]

@@ -2,6 +2,7 @@
 expected, before anything is written."""
 
 import pytest
+from helpers import one_line, train_argv, write_concept_images
 
 from personalize.batch import parse_seeds
 from personalize.errors import PersonalizeError
@@ -159,7 +160,7 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys, where, 
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"a red \xff circle\n")
     data = tmp_path / "data"
-    write_images(data)
+    write_concept_images(data)
     if where == "caption":
         bad = data / "0.txt"
         bad.write_bytes(b"a red \xff circle\n")
@@ -173,32 +174,13 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys, where, 
     assert not (tmp_path / "o").exists()
 
 
-def write_images(folder):
-    from personalize.tiny import write_concept_images
-
-    return write_concept_images(folder)
-
-
-def _train_argv(model, data, out, *extra):
-    return ["train", "--config", "lora", f"--model.pretrained={model}", f"--data.instance_data_dir={data}",
-            f"--train.output_dir={out}", "--train.report_to=none", "--train.validation_prompt=null",
-            "--method.rank=2", *extra]
-
-
-def _one_line(capsys) -> str:
-    """The message: the last line of stderr (progress bars may come before it), and no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.endswith("\n"), err
-    return err.splitlines()[-1]
-
-
 def test_ctrl_c_in_training_is_one_line_with_the_step_and_how_to_resume(tmp_path, tiny_sd1, concept_dir, capsys,
                                                                          monkeypatch):
     from personalize import trainer
     from personalize.cli import main
 
     out = tmp_path / "out"
-    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2")) == 0
+    assert main(train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2")) == 0
     written = (out / "config.yaml").read_text()
     capsys.readouterr()
     real = trainer._check_finite
@@ -210,14 +192,14 @@ def test_ctrl_c_in_training_is_one_line_with_the_step_and_how_to_resume(tmp_path
 
     monkeypatch.setattr(trainer, "_check_finite", interrupt_at_step_4)
     other = tmp_path / "other"
-    assert main(_train_argv(tiny_sd1, concept_dir, other, "--train.max_train_steps=6",
+    assert main(train_argv(tiny_sd1, concept_dir, other, "--train.max_train_steps=6",
                             "--train.checkpointing_steps=2")) == 130
     assert f"stopped at step 3, no artifact written; resume from {other / 'checkpoint-2'} with " \
-           "--train.resume_from_checkpoint=latest" in _one_line(capsys)
+           "--train.resume_from_checkpoint=latest" in one_line(capsys)
     assert not list(other.glob("*.safetensors"))
     # a rerun in the first folder that is stopped keeps the config.yaml of the artifact beside it
-    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=6", "--train.seed=5")) == 130
-    assert _one_line(capsys) == ("personalize train: stopped at step 3, before the first checkpoint: no artifact "
+    assert main(train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=6", "--train.seed=5")) == 130
+    assert one_line(capsys) == ("personalize train: stopped at step 3, before the first checkpoint: no artifact "
                                  "written; rerun to start again")
     assert (out / "config.yaml").read_text() == written
 
@@ -233,10 +215,10 @@ def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, tiny_sd1, con
 
     monkeypatch.setattr(checkpoint, "atomic_write_text", full_disk)
     out = tmp_path / "out"
-    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2",
+    assert main(train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2",
                             "--train.checkpointing_steps=1")) == 2
     assert "could not write checkpoint-1 (No space left on device); earlier checkpoints are kept (none yet)" \
-        in _one_line(capsys)
+        in one_line(capsys)
     assert sorted(p.name for p in out.iterdir()) == []  # no .checkpoint-1.tmp/, no artifact, no config.yaml
 
 
@@ -246,13 +228,13 @@ def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, tiny_sd1, con
     ("state a list", "state.json is not an object"),
     ("state without optimizer", "cannot be resumed from (KeyError: 'optimizer')"),
 ])
-def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, tiny_sd1, concept_dir, capsys, damage, message):
+def test_resume_from_a_damaged_checkpoint_isone_line(tmp_path, tiny_sd1, concept_dir, capsys, damage, message):
     import json
 
     from personalize.cli import main
 
     out = tmp_path / "out"
-    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2",
+    assert main(train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=2",
                             "--train.checkpointing_steps=2")) == 0
     ckpt = out / "checkpoint-2"
     if damage == "truncate trainable":
@@ -265,9 +247,9 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, tiny_sd1, concep
         state.pop("optimizer")
         (ckpt / "state.json").write_text(json.dumps([state] if damage == "state a list" else state))
     capsys.readouterr()
-    assert main(_train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=4",
+    assert main(train_argv(tiny_sd1, concept_dir, out, "--train.max_train_steps=4",
                             "--train.resume_from_checkpoint=latest")) == 2
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert f"checkpoint {ckpt}" in err and message in err, err
 
 
@@ -280,9 +262,9 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_model_loads(tmp_pat
     monkeypatch.setattr(components, "components_from_config", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "afile").write_text("x")
     assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "afile")]) == 2
-    assert f"--out '{tmp_path / 'afile'}': {tmp_path / 'afile'} is a file; expected a folder" in _one_line(capsys)
-    assert main(_train_argv(tiny_sd1, concept_dir, tmp_path / "afile" / "sub")) == 2
-    assert f"{tmp_path / 'afile'} is a file; expected a folder" in _one_line(capsys)
+    assert f"--out '{tmp_path / 'afile'}': {tmp_path / 'afile'} is a file; expected a folder" in one_line(capsys)
+    assert main(train_argv(tiny_sd1, concept_dir, tmp_path / "afile" / "sub")) == 2
+    assert f"{tmp_path / 'afile'} is a file; expected a folder" in one_line(capsys)
 
 
 @pytest.mark.parametrize("error, code, message", [
@@ -292,7 +274,7 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_model_loads(tmp_pat
      "error: Permission denied (o/.0.png.tmp); choose a folder you can write to"),
     (KeyboardInterrupt(), 130, "personalize generate: stopped (Ctrl-C)"),
 ])
-def test_the_machines_errors_and_ctrl_c_while_generating_are_one_line(tmp_path, capsys, monkeypatch, error, code,
+def test_the_machines_errors_and_ctrl_c_while_generating_areone_line(tmp_path, capsys, monkeypatch, error, code,
                                                                        message):
     from personalize import batch, pipeline
     from personalize.cli import main
@@ -309,15 +291,15 @@ def test_the_machines_errors_and_ctrl_c_while_generating_are_one_line(tmp_path, 
     monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: Pipe())
     monkeypatch.setattr(batch, "run_batch", fail)
     assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "o")]) == code
-    assert message in _one_line(capsys)
+    assert message in one_line(capsys)
 
 
-def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
+def test_a_config_file_that_is_not_yaml_isone_line(tmp_path, capsys):
     from personalize.cli import main
 
     (tmp_path / "nul.yaml").write_bytes(b"\x00\x01\x02")  # valid UTF-8, not YAML
     assert main(["config", "--config", str(tmp_path / "nul.yaml")]) == 2
-    assert "is not valid YAML: unacceptable character #x0000" in _one_line(capsys)
+    assert "is not valid YAML: unacceptable character #x0000" in one_line(capsys)
 
 
 def test_the_app_refuses_a_busy_port_before_loading_the_model(capsys, monkeypatch):
@@ -346,131 +328,6 @@ def test_personalize_config_refuses_what_train_refuses(override, message, capsys
     from personalize.cli import main
 
     assert main(["config", "--config", "lora", override]) == 2
-    assert message in _one_line(capsys)
+    assert message in one_line(capsys)
     assert main(["train", "--config", "lora", override]) == 2
-    assert message in _one_line(capsys)
-
-
-# --------------------------------------------------------------------------------- a new user's run (item 10)
-
-
-@pytest.mark.parametrize("captions", [True, False])
-def test_the_app_shows_the_caption_training_used_not_the_unused_instance_prompt(tmp_path, tiny_sd1, captions):
-    from personalize.artifacts import load_artifact, trained_on
-    from personalize.cli import main
-
-    data = write_images(tmp_path / "data")
-    if captions:
-        for p in data.glob("*.png"):
-            p.with_suffix(".txt").write_text(f"a photo of a {p.stem} square")
-    assert main(_train_argv(tiny_sd1, data, tmp_path / "out", "--train.max_train_steps=1",
-                            "--data.instance_prompt=a photo of sks dog")) == 0
-    art = load_artifact(tmp_path / "out" / "lora.safetensors")
-    assert trained_on(art) == ("a photo of a 0 square" if captions else "a photo of sks dog")
-
-
-@pytest.mark.parametrize("override, message", [
-    ("--train.learning_rat=1e-4", "unknown config key 'train.learning_rat' (did you mean 'learning_rate'?)"),
-    ("--data.resolutoin=64", "unknown config key 'data.resolutoin' (did you mean 'resolution'?)"),
-    ("--method.rnak=4", "is not an option of method lora (no method has it) (did you mean 'rank'?)"),
-])
-def test_a_misspelt_key_gets_a_did_you_mean(override, message, capsys):
-    from personalize.cli import main
-
-    assert main(["config", "--config", "lora", override]) == 2
-    assert message in _one_line(capsys)
-
-
-def test_no_suggestion_for_a_key_nothing_resembles(capsys):
-    from personalize.cli import main
-
-    assert main(["config", "--config", "lora", "--train.zzzz=1"]) == 2
-    assert "did you mean" not in _one_line(capsys)
-
-
-def test_the_vocabulary_note_names_only_the_prompts_this_run_uses(tmp_path, caplog):
-    import logging
-
-    from personalize.config import load_config
-    from personalize.trainer import _vocabulary_note
-
-    data = write_images(tmp_path / "data")
-    for p in data.glob("*.png"):
-        p.with_suffix(".txt").write_text("a photo of a sks square")  # every image captioned
-    cfg = load_config(["lora"], [f"--data.instance_data_dir={data}", "--train.validation_prompt=a sks circle"])
-    with caplog.at_level(logging.WARNING, logger="personalize.trainer"):
-        _vocabulary_note(cfg)  # lora.yaml's instance and class prompts ("a photo of sks dog") go unused here
-    assert caplog.text == ""
-    (data / "0.txt").unlink()
-    with caplog.at_level(logging.WARNING, logger="personalize.trainer"):
-        _vocabulary_note(cfg)
-    assert "'dog' (data.instance_prompt)" in caplog.text and "class_prompt" not in caplog.text
-
-
-def test_an_error_comes_without_a_vocabulary_note_ahead_of_it(tmp_path, capsys, caplog):
-    from personalize.cli import main
-
-    assert main(["train", "--config", "lora", f"--data.instance_data_dir={tmp_path / 'missing'}"]) == 2
-    assert "note:" not in caplog.text and "missing" in _one_line(capsys)
-
-
-def test_the_unknown_word_note_comes_once_on_its_own_line_before_the_bar(tmp_path):
-    import re
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "personalize.cli", "generate", "--base", "toyworld", "--prompt", "a photo of a dog",
-           "--prompt", "a dog on grass", "--seeds", "0-1", "--batch-size", "1", "--steps", "1", "--out",
-           str(tmp_path / "o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    err = proc.stderr
-    assert proc.returncode == 0, err
-    notes = [m.start() for m in re.finditer("note: the toy world does not know", err)]
-    assert len(notes) == 1, err  # one note for the job (it was logged once per pipeline call)
-    assert err[notes[0] - 1] == "\n" and "'dog', 'grass'" in err  # not glued to a progress bar line
-    assert err.index("note:") < err.index("generate[")
-
-
-@pytest.mark.parametrize("command", ["train", "train-classes", "config"])
-def test_help_of_the_config_commands_names_dotted_overrides(command, capsys):
-    from personalize.cli import main
-
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert "--section.key=value" in out and "--train.max_train_steps=400" in out
-
-
-def test_load_pipeline_from_python_prints_no_torchvision_lines(tmp_path):
-    import subprocess
-    import sys
-
-    code = "import personalize; personalize.load_pipeline('toyworld')"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "requires torchvision" not in proc.stderr  # two lines per load before (transformers' fallback note)
-
-
-# ----------------------------------------------------------------- documentation against the official code (11)
-
-
-def test_sude_clamp_is_off_by_default_and_not_called_official():
-    """The official LDM code never clamps (LatentDiffusion sets clip_denoised = False): the default is the
-    faithful one, and nothing calls the clamp "official"."""
-    from personalize.methods.personalization import sude
-    from personalize.resources import config_file
-
-    assert sude.Options().clamp_x0 is False
-    for text in (sude.__doc__, config_file("sude.yaml").read_text(), open(sude.__file__).read()):
-        assert "official clamp" not in text and "official asymmetric" not in text
-
-
-def test_classdiffusion_refuses_a_base_with_several_concepts():
-    from types import SimpleNamespace
-
-    from personalize.methods.base import MethodError
-    from personalize.methods.personalization.classdiffusion import Options, SemanticPreservation
-
-    base = SimpleNamespace(tokenizer=None, rows=SimpleNamespace(triggers={"sks": 0, "zwx": 1}))
-    with pytest.raises(MethodError, match=r"one concept per run, but the base has 2 trigger words"):
-        SemanticPreservation(Options(class_word="dog")).setup(base)
+    assert message in one_line(capsys)
