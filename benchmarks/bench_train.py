@@ -52,6 +52,12 @@ ERASURE = [
      {"name": "esd", "concepts": ["dog"], "templates": ["object"], "ddim_steps": 1}),
     ("esd + preserve (lambda 1), x_t sampling excluded",
      {"name": "esd", "concepts": DOG, "preserve": ["a photo of a cat"], "lambda_preserve": 1.0, "ddim_steps": 1}),
+    # the adversarial option: per attack step a text-encoder and a student pass with their backward to delta,
+    # then one student call more for loss_adv
+    ("esd + adversarial (1 attack step), x_t sampling excluded",
+     {"name": "esd", "concepts": ["dog"], "templates": ["a photo of a {}"], "attack_steps": 1, "ddim_steps": 1}),
+    ("esd + adversarial (5 attack steps), x_t sampling excluded",
+     {"name": "esd", "concepts": ["dog"], "templates": ["a photo of a {}"], "attack_steps": 5, "ddim_steps": 1}),
 ]
 
 # dct: one optimizer step = 5 generated images (run.py's accumulation), steered by the toy judge, with and without

@@ -31,6 +31,12 @@ class Options:
     ddim_steps: int = 50
     xt_guidance: float = 3.0
     xt_cache: int = 0  # as esd's: cached teacher trajectories per concept (0: a fresh x_t every step)
+    # adversarial training after AdvUnlearn (adversarial.py): each step, attack_steps Adam steps (lr attack_lr)
+    # fit word embeddings in place of the concept's tokens to bring it back; loss_adv (weight lambda_adv) erases
+    # it from that prompt too. 0 (default): off. The official code's defaults: 30 steps at lr 1e-3
+    attack_steps: int = 0
+    attack_lr: float = 1e-3
+    lambda_adv: float = 1.0
 
 
 def build(options: Options, config) -> Eraser:

@@ -29,6 +29,7 @@ from personalize.data import PositionSampler
 from personalize.methods import blocks
 from personalize.methods.base import MethodError
 from personalize.methods.erasure import losses
+from personalize.methods.erasure.adversarial import Adversary
 from personalize.methods.erasure.filters import canonical, selected_parameters
 from personalize.methods.erasure.templates import template_list
 from personalize.methods.sampling import sample, timesteps
@@ -54,6 +55,9 @@ class Eraser:
             raise MethodError(f"method.xt_cache={options.xt_cache}: expected 0 (a fresh x_t every step) or a "
                               "number of cached trajectories >= 1 with method.xt_sampler=teacher (the student "
                               "changes every step, so its samples cannot be kept)")
+        if options.attack_steps < 0 or not options.attack_lr > 0:
+            raise MethodError(f"method.attack_steps={options.attack_steps}, method.attack_lr={options.attack_lr}: "
+                              "expected attack steps >= 0 (0: no adversarial training) and a learning rate > 0")
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -77,6 +81,8 @@ class Eraser:
                            set(self.preserve)))  # every known prompt encoded once, up front
         self.unet = c.unet
         self._pool: dict[tuple[int, int], list[torch.Tensor]] = {}  # (concept, index) -> x at steps 0..n-1
+        self.adversary = (Adversary(c.tokenizer, c.text_encoder, self.o.attack_steps, self.o.attack_lr)
+                          if self.o.attack_steps else None)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.c.unet}
@@ -86,7 +92,7 @@ class Eraser:
 
     def loss_weights(self) -> dict[str, float]:
         return {"loss_erase": 1.0, "loss_uncond": self.o.lambda_uncond if self.abo else 0.0,
-                "loss_preserve": self.o.lambda_preserve}
+                "loss_preserve": self.o.lambda_preserve, "loss_adv": self.o.lambda_adv}
 
     # ------------------------------------------------------------------------------------ data
 
@@ -176,7 +182,18 @@ class Eraser:
             out["loss_uncond"] = losses.mse(pred_0, eps_0)
         if self.preserve and self.o.lambda_preserve:
             out["loss_preserve"] = self._preserve(x_t, t, gen)
+        if self.adversary is not None:
+            out["loss_adv"] = self._adversarial(x_t, t, eps_e, erase, [c["concept"] for c in chosen], target)
         return out
+
+    def _adversarial(self, x_t, t, eps_e, prompts, concepts, target) -> torch.Tensor:
+        """AdvUnlearn's outer loss (`adversarial`): the erasure target asked of the prompts with the concept's
+        tokens replaced by the attack's delta, fitted this step to bring the concept back."""
+        def student(x, s, cond):  # the unwrapped UNet: the attack's gradients go to delta, not through DDP
+            return blocks.predict(self.c.unet, x, s, cond.to(self.dtype), self.accelerator)
+
+        cond = self.adversary.attack(student, x_t, t, eps_e, prompts, concepts)  # (B, 77, width)
+        return losses.mse(blocks.predict(self.unet, x_t, t, cond.to(self.dtype), self.accelerator), target)
 
     def _preserve(self, x_t, t, gen) -> torch.Tensor:
         """|| eps_theta(x_t, c_p) - eps*(x_t, c_p) ||^2 for one neighbour prompt per sample (drawn by `gen`)."""
@@ -198,6 +215,9 @@ class Eraser:
                 "steps": str(self.config.train.max_train_steps)}
         if self.templates:
             meta["templates"] = json.dumps(self.templates)
+        if self.adversary is not None:
+            meta |= {"attack_steps": str(self.o.attack_steps), "attack_lr": str(self.o.attack_lr),
+                     "lambda_adv": str(self.o.lambda_adv)}
         if self.abo:
             meta |= {"alternatives": ", ".join(c["alternative"] or "" for c in given),
                      "lambda_uncond": str(self.o.lambda_uncond)}

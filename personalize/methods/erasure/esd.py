@@ -37,6 +37,12 @@ class Options:
     # teacher x_t only: keep this many DDIM trajectories per concept and draw x_t from them (0: a fresh sample
     # every step, as the official code). Ours, for speed: a step then costs about one DreamBooth step.
     xt_cache: int = 0
+    # adversarial training after AdvUnlearn (adversarial.py): each step, attack_steps Adam steps (lr attack_lr)
+    # fit word embeddings in place of the concept's tokens to bring it back; loss_adv (weight lambda_adv) erases
+    # it from that prompt too. 0 (default): off. The official code's defaults: 30 steps at lr 1e-3
+    attack_steps: int = 0
+    attack_lr: float = 1e-3
+    lambda_adv: float = 1.0
 
 
 def build(options: Options, config) -> Eraser:
