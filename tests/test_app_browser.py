@@ -5,7 +5,6 @@ Set PERSONALIZE_APP_SCREENSHOT=path to also keep the screenshot (the README's is
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from face_models import FakeFace, model_pack, scrfd_onnx
 from personalize import face

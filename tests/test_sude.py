@@ -1,7 +1,6 @@
 """SuDe's loss (official ddpm.py `prob_loss_func_class`): closed forms, the gate, the F_t table, routing, batches, weight 0."""
 
 import contextlib
-from types import SimpleNamespace
 
 import pytest
 import torch
