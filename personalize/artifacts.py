@@ -272,10 +272,12 @@ def load_artifact(path: str | Path, width: int | None = None, token: str | None 
     if "method" in meta:
         art = _ours(path, tensors, meta)
     elif is_lora_state_dict(tensors):
-        art = Artifact(str(path), FOREIGN_LORA, meta, weights=tensors, kind="lora")
+        art = Artifact(str(path), FOREIGN_LORA, meta | {"family": foreign_family(tensors)}, weights=tensors,
+                       kind="lora")
     else:
         trigger, vectors = _foreign_embedding(path, tensors, width)
-        art = Artifact(str(path), FOREIGN_EMBEDDING, meta, embeddings={trigger: vectors})
+        art = Artifact(str(path), FOREIGN_EMBEDDING, meta | {"family": foreign_family(tensors)},
+                       embeddings={trigger: vectors})
     _check_tensors(art)
     if token is not None:
         if len(art.embeddings) != 1:
@@ -285,6 +287,27 @@ def load_artifact(path: str | Path, width: int | None = None, token: str | None 
     if width is not None:
         check_width(art, width)
     return art
+
+
+# key prefixes only SDXL files have: its second text encoder (kohya, diffusers) and kohya's SDXL UNet names, which
+# are the original SGM UNet's (input_blocks/middle_block/output_blocks; kohya's SD 1.x/2.x files use diffusers'
+# down_blocks/mid_block/up_blocks)
+SDXL_ONLY_PREFIXES = ("lora_te2_", "text_encoder_2.", "te2.", "lora_unet_input_blocks_", "lora_unet_middle_block_",
+                      "lora_unet_output_blocks_")
+
+
+def artifact_family(art: Artifact) -> str:
+    """The model family a file was made for (`personalize.profiles.Profile.family`): the `family` metadata (ours
+    since SDXL; set from the layout when a third-party file is read); our files from before SDXL: "sd"."""
+    return art.metadata.get("family", "sd")
+
+
+def foreign_family(tensors: dict) -> str:
+    """A third-party file's family by its layout: SDXL for an embedding with a `clip_g` part or a LoRA with a key
+    of `SDXL_ONLY_PREFIXES`, else SD 1.x/2.x."""
+    if "clip_g" in tensors or any(k.startswith(SDXL_ONLY_PREFIXES) for k in tensors):
+        return "sdxl"
+    return "sd"
 
 
 def check_width(art: Artifact, width: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,7 +22,7 @@ import torch
 
 from personalize.artifacts import PICKLE_SUFFIXES
 from personalize.errors import PersonalizeError
-from personalize.profiles import TOY, profile_for
+from personalize.profiles import PIPELINE_CLASSES, SD1, TOY, profile_for
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 # the one table of dtype names: `load_pipeline(dtype=...)`/--dtype, and accelerate's `train.mixed_precision`
@@ -45,19 +45,33 @@ class Components:
     source: str  # what `pretrained` resolved to, for artifact metadata
     safety_checker: Any = None
     feature_extractor: Any = None
+    tokenizer_2: Any = None  # SDXL: OpenCLIP ViT-bigG's tokenizer (pads with "!") and text encoder
+    text_encoder_2: Any = None
+    pipeline_config: dict = field(default_factory=dict)  # SDXL: force_zeros_for_empty_prompt, as the model says
 
     @property
     def width(self) -> int:
-        """Token-embedding width of the text encoder (768 for SD1, 1024 for SD2)."""
+        """Token-embedding width of the (first) text encoder (768 for SD1 and SDXL, 1024 for SD2)."""
         return self.text_encoder.get_input_embeddings().weight.shape[1]
 
+    @property
+    def profile(self):
+        """The model family's record (`personalize.profiles`), from the loaded text encoders."""
+        return profile_for(self.source, self.text_encoder, self.text_encoder_2)
+
     def as_pipeline_kwargs(self) -> dict:
-        return {
-            "tokenizer": self.tokenizer, "text_encoder": self.text_encoder, "vae": self.vae,
-            "unet": self.unet, "scheduler": self.scheduler, "safety_checker": self.safety_checker,
-            "feature_extractor": self.feature_extractor,
-            "requires_safety_checker": self.safety_checker is not None,
-        }
+        """The keyword arguments of the family's stock diffusers pipeline (`profile.parts`)."""
+        kwargs = {name: getattr(self, name) for name in self.profile.parts}
+        if "safety_checker" in kwargs:
+            kwargs["requires_safety_checker"] = self.safety_checker is not None
+        return kwargs | self.pipeline_config
+
+    def pipeline(self):
+        """The family's stock diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline) on these
+        modules, as they are (no move, no cast)."""
+        import diffusers
+
+        return getattr(diffusers, self.profile.pipeline_class)(**self.as_pipeline_kwargs())
 
 
 def resolve_pretrained(pretrained: str) -> tuple[str, str]:
@@ -110,15 +124,40 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(location: str, local_files_only: bool, kwargs: dict):
-    from diffusers import StableDiffusionPipeline
+def pipeline_profile(index: dict, location: str):
+    """The family (`personalize.profiles`) of a diffusers pipeline from its `model_index.json`: SDXL base by its
+    class; an SDXL refiner (img2img, no first text encoder) is refused; anything else loads as SD 1.x/2.x, as
+    before SDXL was supported."""
+    name = str(index.get("_class_name", ""))
+    no_first_encoder = (index.get("text_encoder") or [None])[0] is None
+    if "XL" in name and (name not in PIPELINE_CLASSES or no_first_encoder):
+        raise ComponentsError(
+            f"model '{location}' is a {name} (an SDXL refiner or another SDXL pipeline without a first text "
+            "encoder); expected an SDXL base (StableDiffusionXLPipeline) or an SD 1.x/2.x model. The refiner is "
+            "not supported")
+    return PIPELINE_CLASSES.get(name, SD1)
 
-    return StableDiffusionPipeline.from_pretrained(location, local_files_only=local_files_only, **kwargs)
+
+def _family_kwargs(profile, kwargs: dict) -> dict:
+    """`kwargs` less what the family's pipeline does not take (SDXL has no safety checker)."""
+    return {k: v for k, v in kwargs.items() if "safety_checker" not in k or "safety_checker" in profile.parts}
+
+
+def _from_pretrained(location: str, local_files_only: bool, kwargs: dict):
+    import diffusers
+
+    index = diffusers.DiffusionPipeline.load_config(location, local_files_only=local_files_only,
+                                                    revision=kwargs.get("revision"))
+    profile = pipeline_profile(index, location)
+    cls = getattr(diffusers, profile.pipeline_class)
+    return cls.from_pretrained(location, local_files_only=local_files_only, **_family_kwargs(profile, kwargs))
 
 
 def _load_hub(repo_id: str, local_files_only: bool, kwargs: dict):
     try:  # the cache first: works offline for models downloaded before
         return _from_pretrained(repo_id, True, kwargs)
+    except ComponentsError:
+        raise
     except (OSError, ValueError) as err:
         cached_error = err
     if local_files_only:
@@ -133,18 +172,41 @@ def _load_hub(repo_id: str, local_files_only: bool, kwargs: dict):
         )
     try:
         return _from_pretrained(repo_id, False, kwargs)
+    except ComponentsError:
+        raise
     except (OSError, ValueError) as err:
         raise ComponentsError(f"could not load hub model '{repo_id}': {err}") from err
 
 
+def checkpoint_profile(path: str):
+    """The family of an original-layout (LDM/SGM) single-file checkpoint, from its tensor names only (read off
+    the safetensors header, nothing loaded): SDXL base when it has `conditioner.embedders.1.*` (OpenCLIP
+    ViT-bigG beside CLIP ViT-L at embedders.0), as diffusers' `infer_diffusers_model_type` decides; an SDXL
+    refiner (OpenCLIP at embedders.0 alone) is refused; anything else SD 1.x/2.x."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
+        raise ComponentsError(f"could not read single-file checkpoint '{path}': {err}") from err
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return PIPELINE_CLASSES["StableDiffusionXLPipeline"]
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+        raise ComponentsError(f"single-file checkpoint '{path}' is an SDXL refiner (OpenCLIP only); expected an "
+                              "SDXL base or an SD 1.x/2.x checkpoint. The refiner is not supported")
+    return SD1
+
+
 def _load_single_file(path: str, config: str | None, local_files_only: bool, kwargs: dict):
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     if not local_files_only and ((config is not None and Path(config).is_dir()) or not hub_reachable()):
         local_files_only = True  # a local config folder never needs the hub; an unreachable hub fails at once
+    profile = checkpoint_profile(path)
     try:
-        return StableDiffusionPipeline.from_single_file(
-            path, config=config, local_files_only=local_files_only, **kwargs
+        return getattr(diffusers, profile.pipeline_class).from_single_file(
+            path, config=config, local_files_only=local_files_only, **_family_kwargs(profile, kwargs)
         )
     except Exception as err:  # diffusers raises many types here (KeyError, ValueError, OSError, SafetensorError)
         raise ComponentsError(
@@ -152,6 +214,25 @@ def _load_single_file(path: str, config: str | None, local_files_only: bool, kwa
             "checkpoint; set model.single_file_config to a diffusers folder of the same model type when the "
             "layout cannot be inferred offline"
         ) from err
+
+
+def base_profile(pretrained: str, local_files_only: bool = True):
+    """The profile of a base before its weights load (`personalize.profiles`): the bundled model by name, a folder
+    or cached hub model by its `model_index.json`, a single file by its tensor names. SD 1.x and 2.x are told
+    apart only once the text encoder loads (this returns SD 1.x for both: the same family); a hub model that
+    is not cached is taken for SD 1.x/2.x, as before SDXL."""
+    import diffusers
+
+    if profile_for(pretrained).model_dir is not None:
+        return profile_for(pretrained)
+    kind, location = resolve_pretrained(pretrained)
+    if kind == "single_file":
+        return checkpoint_profile(location)
+    try:
+        index = diffusers.DiffusionPipeline.load_config(location, local_files_only=local_files_only or kind == "folder")
+    except (OSError, ValueError):
+        return SD1
+    return pipeline_profile(index, location)
 
 
 def load_components(
@@ -172,18 +253,24 @@ def load_components(
     if kind == "folder":
         try:
             pipe = _from_pretrained(location, True, {"revision": revision, "variant": variant, **kwargs})
+        except ComponentsError:
+            raise
         except (OSError, ValueError) as err:
             raise ComponentsError(f"could not load diffusers folder '{location}': {err}") from err
     elif kind == "hub":
         pipe = _load_hub(location, local_files_only, {"revision": revision, "variant": variant, **kwargs})
     else:
         pipe = _load_single_file(location, single_file_config, local_files_only, kwargs)
-    if safety_checker and pipe.safety_checker is None:
+    if safety_checker and getattr(pipe, "safety_checker", None) is None:
         raise ComponentsError(f"a safety checker was asked for, but model '{pretrained}' has none")
+    extra = {}
+    if hasattr(pipe, "text_encoder_2"):  # SDXL
+        extra = {"tokenizer_2": pipe.tokenizer_2, "text_encoder_2": pipe.text_encoder_2, "pipeline_config":
+                 {"force_zeros_for_empty_prompt": pipe.config.force_zeros_for_empty_prompt}}
     return Components(
         tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet,
-        scheduler=pipe.scheduler, source=pretrained, safety_checker=pipe.safety_checker,
-        feature_extractor=getattr(pipe, "feature_extractor", None),
+        scheduler=pipe.scheduler, source=pretrained, safety_checker=getattr(pipe, "safety_checker", None),
+        feature_extractor=getattr(pipe, "feature_extractor", None), **extra,
     )
 
 

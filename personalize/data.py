@@ -288,14 +288,13 @@ def generate_class_images(components, folder: str | Path, prompt: str, indices: 
                           steps: int, rank: int = 0, world: int = 1, device="cpu") -> None:
     """Prior-preservation images (DreamBooth, Ruiz et al. 2023, sec. 3.3) made with the *base* model at its
     default guidance, image i from seed + i; each rank makes every world-th one; each file written atomically."""
-    from diffusers import StableDiffusionPipeline
     from tqdm.auto import tqdm
 
     from personalize.atomic import atomic_path
 
     if not prompt:
         raise DataError("data.class_prompt is needed to generate class images for prior preservation")
-    pipe = StableDiffusionPipeline(**components.as_pipeline_kwargs()).to(device)
+    pipe = components.pipeline().to(device)
     pipe.set_progress_bar_config(disable=True)
     mine = indices[rank::world]
     for i in tqdm(mine, desc=f"class images ({prompt!r})", disable=rank != 0 or not mine):

@@ -1,4 +1,5 @@
-"""`load_pipeline(base, artifacts)` and `generate()`: a stock diffusers `StableDiffusionPipeline` underneath.
+"""`load_pipeline(base, artifacts)` and `generate()`: a stock diffusers `StableDiffusionPipeline` underneath
+(`StableDiffusionXLPipeline` for an SDXL base: the profile's `pipeline_class`; an SDXL refiner is not supported).
 
     pipe = personalize.load_pipeline("path/to/sd15", artifacts=["outputs/run/sks.safetensors"])
     images = pipe.generate("a photo of sks on the beach", num_images=4, seed=0)
@@ -140,7 +141,8 @@ class Pipeline:
     def __init__(self, sd_pipe, base: str, profile=None):
         self.sd = sd_pipe  # the stock diffusers StableDiffusionPipeline
         self.base = base
-        self.profile = profile or profile_for(base, getattr(sd_pipe, "text_encoder", None))  # per model family
+        self.profile = profile or profile_for(base, getattr(sd_pipe, "text_encoder", None),
+                                              getattr(sd_pipe, "text_encoder_2", None))  # per model family
         self._applied: list[_Applied] = []
         self._noted: set[str] = set()  # the unknown words already named in a note
 
@@ -160,6 +162,7 @@ class Pipeline:
     def _apply(self, art: Artifact) -> None:
         from personalize.methods import record_for_artifact
 
+        check_fits(art, self.profile, self.base)
         self._applied.append(_Applied(art, record_for_artifact(art).apply(self.sd, art)))
 
     def add_artifact(self, artifact: str | Path | Artifact, token: str | None = None) -> Artifact:
@@ -312,6 +315,21 @@ class Pipeline:
         return [GeneratedImage(image, s, labels) for image, s in zip(out.images, settings, strict=True)]
 
 
+def check_fits(art: Artifact, profile, base: str) -> None:
+    """Refuse an artifact made for another model family than the base's (an SD 1.x LoRA on SDXL, or the reverse),
+    or whose method does not run on this family, naming both."""
+    from personalize.artifacts import artifact_family
+    from personalize.methods import check_family, record_for_artifact
+    from personalize.profiles import FAMILY_NAMES
+
+    family = artifact_family(art)
+    if family != profile.family:
+        raise ArtifactError(f"{art.path} was made for {FAMILY_NAMES.get(family, family)} models, but the base "
+                            f"{base!r} is {FAMILY_NAMES.get(profile.family, profile.family)}; use a file trained "
+                            "for this base's family")
+    check_family(record_for_artifact(art), profile, f"{art.path} ({art.method})")
+
+
 def is_description(edits) -> bool:
     """Whether `edits` is a plain description ({method: options} or (method, options) pairs), not Edit objects."""
     return isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())
@@ -352,10 +370,8 @@ def _edited_call(sd, call: dict, edits: list[Edit]):
 
 
 def pipeline_from_components(comps: Components, device=None, dtype=None, scheduler: str | None = None) -> Pipeline:
-    from diffusers import StableDiffusionPipeline
-
     device, dtype = _pick(device, dtype)
-    sd = StableDiffusionPipeline(**comps.as_pipeline_kwargs()).to(device)
+    sd = comps.pipeline().to(device)
     if sd.unet.dtype != dtype:  # components loaded in another dtype (tiny builders, single files)
         sd.to(dtype=dtype)
     sd.set_progress_bar_config(disable=True)
@@ -367,9 +383,7 @@ def pipeline_from_components(comps: Components, device=None, dtype=None, schedul
 
 def live_pipeline(comps: Components) -> Pipeline:
     """A `Pipeline` on the modules as they are (no move, no cast): validation images during training."""
-    from diffusers import StableDiffusionPipeline
-
-    sd = StableDiffusionPipeline(**comps.as_pipeline_kwargs())
+    sd = comps.pipeline()
     sd.set_progress_bar_config(disable=True)
     return Pipeline(sd, comps.source)
 
@@ -378,15 +392,16 @@ def load_pipeline(base: str = TOY, artifacts: list[str | Path | Artifact] = (), 
                   scheduler: str | None = None, safety_checker: bool = False,
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
-    from personalize.methods import record_for_artifact
+    from personalize.components import base_profile
     from personalize.quiet import quiet
 
     quiet()  # the Python API too: no "requires torchvision" lines for the safety checker's unused processor
     device, dtype = _pick(device, dtype)
     arts = [a if isinstance(a, Artifact) else load_artifact(a) for a in artifacts]  # bad files fail before the
-    # slow model load
+    # slow model load, and so do files of another model family
+    profile = base_profile(base, local_files_only=True) if arts else None
     for art in arts:
-        record_for_artifact(art)
+        check_fits(art, profile, base)
     comps = load_components(base, local_files_only=local_files_only, single_file_config=single_file_config,
                             dtype=dtype, safety_checker=safety_checker)
     pipe = pipeline_from_components(comps, device, dtype, scheduler)

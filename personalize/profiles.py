@@ -5,8 +5,9 @@
     profile.guidance_scale, profile.face_detector, profile.prompt_hint(prompts, known)
 
 Every library file reads these fields instead of comparing the base's name. A family is a record here:
-`toyworld` (the bundled tiny model of `assets/toyworld/`), `sd1`, `sd2`; a new family (SDXL) is one more record
-and a line in `profile_for`.
+`toyworld` (the bundled tiny model of `assets/toyworld/`), `sd1`, `sd2`, `sdxl`; a new family is one more record
+and a line in `profile_for`. What a family's stock diffusers pipeline is (its class and the parts it is built
+from) is a field too, so the loaders and the pipeline build either family the same way.
 
 Bundled assets that are not tied to a base (the toy world's judges as classifiers, its face dataset and shipped
 face encoders) are named here too (`bundled_classifier`, `bundled_face_data`, `shipped_msid`), so the methods
@@ -23,6 +24,9 @@ from personalize.cpu import TOY_THREADS
 
 TOY = "toyworld"  # the bundled toy world, as a user names it: --base toyworld, method.data: toyworld
 EVERYDAY_PROMPTS = ("a photo of a dog on the beach, golden hour", "a watercolor painting of a lighthouse at dusk")
+SD_PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "safety_checker", "feature_extractor")
+# SDXL base (diffusers' StableDiffusionXLPipeline): CLIP ViT-L and OpenCLIP ViT-bigG, no safety checker
+SDXL_PARTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "unet", "scheduler")
 TOY_PROMPTS = ("a small red triangle with stripes on a black background",
                "a photo of a smiling person wearing glasses on a blue background",
                "a blue circle and a yellow square on a pink background")
@@ -41,7 +45,9 @@ class Profile:
     `face_encoder_howto`, what to do when it is missing.
     face_check: `(photos, names) -> list[bool]`, whether each aligned crop holds a face (None: no check).
     unknown_words: `(prompts, known) -> [word]`, the words of the prompts the base never saw (None: no note),
-    and `hint_for(words) -> str | None`, one line about them."""
+    and `hint_for(words) -> str | None`, one line about them.
+    pipeline_class: the stock diffusers pipeline of the family, and `parts`, the components it is built from
+    (`personalize.components.Components` fields); `family`, the name an artifact's base is checked against."""
 
     name: str
     guidance_scale: float = 7.5
@@ -55,6 +61,9 @@ class Profile:
     unknown_words: Callable | None = None
     hint_for: Callable | None = None
     training_note: str = ""
+    pipeline_class: str = "StableDiffusionPipeline"
+    parts: tuple[str, ...] = SD_PARTS
+    family: str = "sd"
 
     def prompt_hint(self, prompts: list[str], known=()) -> str | None:
         """One line naming the words of `prompts` this base never saw; None when all are known (or no note)."""
@@ -100,14 +109,23 @@ TOY_PROFILE = Profile(
                   "{words}; a config for a real model needs --model.pretrained=path/to/sd15")
 SD1 = Profile("sd1")
 SD2 = Profile("sd2")
-PROFILES = {p.name: p for p in (TOY_PROFILE, SD1, SD2)}
+# SDXL base 1.0's own defaults: 1024 px (the UNet's sample size, read off the model), guidance 5.0 (diffusers'
+# StableDiffusionXLPipeline default; Stability's model card uses 5-7)
+SDXL = Profile("sdxl", guidance_scale=5.0, pipeline_class="StableDiffusionXLPipeline", parts=SDXL_PARTS,
+               family="sdxl")
+PROFILES = {p.name: p for p in (TOY_PROFILE, SD1, SD2, SDXL)}
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}  # what errors call a family
+PIPELINE_CLASSES = {"StableDiffusionPipeline": SD1, "StableDiffusionXLPipeline": SDXL}
 
 
-def profile_for(base: str, text_encoder=None) -> Profile:
-    """The profile of a base model: the toy world by name; with the loaded `text_encoder`, SD 2.x when its
-    activation is OpenCLIP's exact GELU, else SD 1.x (OpenAI CLIP's QuickGELU, and the default before loading)."""
+def profile_for(base: str, text_encoder=None, text_encoder_2=None) -> Profile:
+    """The profile of a base model: the toy world by name; once loaded, SDXL when it has a second text encoder,
+    else SD 2.x when the text encoder's activation is OpenCLIP's exact GELU, else SD 1.x (OpenAI CLIP's
+    QuickGELU, and the default before loading)."""
     if str(base) == TOY:
         return TOY_PROFILE
+    if text_encoder_2 is not None:
+        return SDXL
     act = getattr(getattr(text_encoder, "config", None), "hidden_act", None)
     return SD2 if act == "gelu" else SD1
 

@@ -179,6 +179,7 @@ def write_artifact(method, components, config) -> Path:
         caption = _example_caption(config.data.instance_data_dir)  # instance prompt, as it did in training
         if caption or not config.data.instance_prompt:
             content.metadata.setdefault("example_caption", caption)
+    content.metadata.setdefault("family", components.profile.family)  # the model family it loads on
     path = Path(config.train.output_dir) / f"{content.name}.safetensors"
     return save_content(path, config.method["name"], components.source, content, config_json(config))
 
@@ -245,16 +246,19 @@ def _setup(config, registry: dict | None) -> _Run:
     """Everything before the first step: checks first, then model, method, optimizer, resume."""
     from accelerate.utils import set_seed
 
-    from personalize.components import components_from_config
-    from personalize.methods import REGISTRY, build_method
+    from personalize.components import base_profile, components_from_config
+    from personalize.methods import REGISTRY, build_method, check_family, training_record
 
     train_cfg = config.train
     check_train_config(train_cfg)
     method = build_method(config, registry or REGISTRY)  # options and data checked before anything is loaded
+    record = training_record(config.method["name"], registry or REGISTRY)
+    check_family(record, base_profile(config.model.pretrained))  # an SDXL base for an SD-only method: refused now
     _vocabulary_note(config)  # after those checks: a note never comes ahead of an error
     accelerator = make_accelerator(train_cfg)
     resume = resolve_resume(train_cfg.resume_from_checkpoint, train_cfg.output_dir)
     components = components_from_config(config.model)
+    check_family(record, components.profile)  # a hub model that was not cached: known only now
     set_seed(train_cfg.seed)  # new weights (LoRA A, processors) start the same in every run and process
     method.setup(components, config, accelerator)
     world = accelerator.num_processes

@@ -47,6 +47,14 @@ def real_width_sd2(tmp_path_factory) -> Path:
     return _tiny(tmp_path_factory, "sd2_1024", "sd2", None)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """SDXL-shaped tiny model: text encoders of widths 32 and 64 (context 96), `text_time` conditioning."""
+    from personalize.tiny import save_tiny_sdxl_model
+
+    return save_tiny_sdxl_model(tmp_path_factory.mktemp("tiny_sdxl"), TOKENIZER_DIR)
+
+
 @pytest.fixture
 def pipe_sd1(tiny_sd1):
     from personalize.pipeline import load_pipeline

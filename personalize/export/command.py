@@ -104,12 +104,9 @@ def base_of(arts: list[Artifact], base: str | None) -> tuple[str, list[str]]:
 
 def load_base(base: str, local_files_only: bool):
     """The stock diffusers pipeline of the base, float32 on the CPU."""
-    from diffusers import StableDiffusionPipeline
-
     from personalize.components import load_components
 
-    comps = load_components(base, local_files_only=local_files_only)
-    return StableDiffusionPipeline(**comps.as_pipeline_kwargs())
+    return load_components(base, local_files_only=local_files_only).pipeline()
 
 
 def lora_plan(art: Artifact, sd, apply, rank, out: Path) -> Plan:

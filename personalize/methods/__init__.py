@@ -61,7 +61,8 @@ REGISTRY: dict[str, MethodRecord] = {
                                  edit=suppress_eot.edit),
 }
 
-__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "edits_from", "make_edit",
+__all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "check_family", "edits_from",
+           "make_edit",
            "parse_options", "record_for_artifact", "training_record"]
 
 
@@ -93,6 +94,8 @@ def make_edit(name: str, options, profile=None, registry: dict = REGISTRY):
     if options is not None and not isinstance(options, dict) and not dataclasses.is_dataclass(options):
         raise MethodError(f"the options of edit {name!r} must be a mapping of option names to values, got "
                           f"{type(options).__name__}")
+    if profile is not None:
+        check_family(record, profile, f"generation edit {name!r}")
     return record.edit(options or {}, profile)
 
 
@@ -105,6 +108,17 @@ def edits_from(description, profile=None, registry: dict = REGISTRY) -> list:
         raise MethodError("an edit description is {method name: options} or a list of (name, options) pairs, "
                           f"got {description!r}")
     return [make_edit(name, options, profile, registry) for name, options in pairs]
+
+
+def check_family(record: MethodRecord, profile, what: str = "") -> None:
+    """Refuse a method on a base of a family it does not support (`MethodRecord.families`), naming both."""
+    from personalize.profiles import FAMILY_NAMES
+
+    if profile.family not in record.families:
+        supported = ", ".join(FAMILY_NAMES.get(f, f) for f in record.families)
+        family = FAMILY_NAMES.get(profile.family, profile.family)
+        raise MethodError(f"{what or 'method ' + repr(record.name)} does not run on {family} bases; it supports "
+                          f"{supported} bases")
 
 
 def build_method(config, registry: dict = REGISTRY) -> TrainingMethod:

@@ -73,7 +73,9 @@ class MethodRecord:
     the trigger words): "shows" (text in place of the trigger words: "erases: dog"), "note" (text after them:
     "class: dog"), "edit" (the name of the generation edit that reads the file as its `file` option: the file
     is a choice of that edit, not an artifact to apply), "compare" (True: the app's comparison shows the images
-    without it)."""
+    without it).
+    families: the model families (`personalize.profiles.Profile.family`: "sd" for SD 1.x/2.x and the toy world,
+    "sdxl") the method trains, applies and edits on; any other base is refused before its weights load."""
 
     name: str
     options: type | None
@@ -83,6 +85,7 @@ class MethodRecord:
     edit: Callable | None = None
     preset: dict | None = None
     describe: Callable | None = None
+    families: tuple[str, ...] = ("sd",)
 
     def __post_init__(self):
         if self.kind not in KINDS:
