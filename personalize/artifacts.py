@@ -271,13 +271,13 @@ def load_artifact(path: str | Path, width: int | None = None, token: str | None 
     tensors, meta = read_safetensors(path)
     if "method" in meta:
         art = _ours(path, tensors, meta)
-    elif is_lora_state_dict(tensors):
-        art = Artifact(str(path), FOREIGN_LORA, meta | {"family": foreign_family(tensors)}, weights=tensors,
-                       kind="lora")
-    else:
-        trigger, vectors = _foreign_embedding(path, tensors, width)
-        art = Artifact(str(path), FOREIGN_EMBEDDING, meta | {"family": foreign_family(tensors)},
-                       embeddings={trigger: vectors})
+    else:  # a third-party file: its family from its layout
+        meta = meta | {"family": foreign_family(tensors)}
+        if is_lora_state_dict(tensors):
+            art = Artifact(str(path), FOREIGN_LORA, meta, weights=tensors, kind="lora")
+        else:
+            trigger, vectors = _foreign_embedding(path, tensors, width)
+            art = Artifact(str(path), FOREIGN_EMBEDDING, meta, embeddings={trigger: vectors})
     _check_tensors(art)
     if token is not None:
         if len(art.embeddings) != 1:

@@ -47,7 +47,7 @@ class Components:
     feature_extractor: Any = None
     tokenizer_2: Any = None  # SDXL: OpenCLIP ViT-bigG's tokenizer (pads with "!") and text encoder
     text_encoder_2: Any = None
-    pipeline_config: dict = field(default_factory=dict)  # SDXL: force_zeros_for_empty_prompt, as the model says
+    pipeline_config: dict = field(default_factory=dict)  # the profile's `pipeline_options`, as the model sets them
 
     @property
     def width(self) -> int:
@@ -216,20 +216,21 @@ def _load_single_file(path: str, config: str | None, local_files_only: bool, kwa
         ) from err
 
 
-def base_profile(pretrained: str, local_files_only: bool = True):
-    """The profile of a base before its weights load (`personalize.profiles`): the bundled model by name, a folder
-    or cached hub model by its `model_index.json`, a single file by its tensor names. SD 1.x and 2.x are told
-    apart only once the text encoder loads (this returns SD 1.x for both: the same family); a hub model that
-    is not cached is taken for SD 1.x/2.x, as before SDXL."""
+def base_profile(pretrained: str):
+    """The profile of a base before its weights load (`personalize.profiles`), never from the network: the bundled
+    model by name, a folder or cached hub model by its `model_index.json`, a single file by its tensor names.
+    SD 1.x and 2.x are told apart only once the text encoder loads (this returns SD 1.x for both: the same
+    family); a hub model that is not cached is taken for SD 1.x/2.x, as before SDXL."""
     import diffusers
 
-    if profile_for(pretrained).model_dir is not None:
-        return profile_for(pretrained)
+    bundled = profile_for(pretrained)
+    if bundled.model_dir is not None:
+        return bundled
     kind, location = resolve_pretrained(pretrained)
     if kind == "single_file":
         return checkpoint_profile(location)
     try:
-        index = diffusers.DiffusionPipeline.load_config(location, local_files_only=local_files_only or kind == "folder")
+        index = diffusers.DiffusionPipeline.load_config(location, local_files_only=True)
     except (OSError, ValueError):
         return SD1
     return pipeline_profile(index, location)
@@ -263,15 +264,9 @@ def load_components(
         pipe = _load_single_file(location, single_file_config, local_files_only, kwargs)
     if safety_checker and getattr(pipe, "safety_checker", None) is None:
         raise ComponentsError(f"a safety checker was asked for, but model '{pretrained}' has none")
-    extra = {}
-    if hasattr(pipe, "text_encoder_2"):  # SDXL
-        extra = {"tokenizer_2": pipe.tokenizer_2, "text_encoder_2": pipe.text_encoder_2, "pipeline_config":
-                 {"force_zeros_for_empty_prompt": pipe.config.force_zeros_for_empty_prompt}}
-    return Components(
-        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet,
-        scheduler=pipe.scheduler, source=pretrained, safety_checker=getattr(pipe, "safety_checker", None),
-        feature_extractor=getattr(pipe, "feature_extractor", None), **extra,
-    )
+    profile = profile_for(pretrained, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+    return Components(source=pretrained, **{name: getattr(pipe, name, None) for name in profile.parts},
+                      pipeline_config={name: pipe.config[name] for name in profile.pipeline_options})
 
 
 def components_from_config(model_cfg, dtype: torch.dtype | None = None) -> Components:

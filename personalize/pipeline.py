@@ -160,10 +160,9 @@ class Pipeline:
         return [a.artifact for a in self._applied]
 
     def _apply(self, art: Artifact) -> None:
-        from personalize.methods import record_for_artifact
+        from personalize.methods import record_for_base
 
-        check_fits(art, self.profile, self.base)
-        self._applied.append(_Applied(art, record_for_artifact(art).apply(self.sd, art)))
+        self._applied.append(_Applied(art, record_for_base(art, self.profile, self.base).apply(self.sd, art)))
 
     def add_artifact(self, artifact: str | Path | Artifact, token: str | None = None) -> Artifact:
         art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, self.width, token)
@@ -315,21 +314,6 @@ class Pipeline:
         return [GeneratedImage(image, s, labels) for image, s in zip(out.images, settings, strict=True)]
 
 
-def check_fits(art: Artifact, profile, base: str) -> None:
-    """Refuse an artifact made for another model family than the base's (an SD 1.x LoRA on SDXL, or the reverse),
-    or whose method does not run on this family, naming both."""
-    from personalize.artifacts import artifact_family
-    from personalize.methods import check_family, record_for_artifact
-    from personalize.profiles import FAMILY_NAMES
-
-    family = artifact_family(art)
-    if family != profile.family:
-        raise ArtifactError(f"{art.path} was made for {FAMILY_NAMES.get(family, family)} models, but the base "
-                            f"{base!r} is {FAMILY_NAMES.get(profile.family, profile.family)}; use a file trained "
-                            "for this base's family")
-    check_family(record_for_artifact(art), profile, f"{art.path} ({art.method})")
-
-
 def is_description(edits) -> bool:
     """Whether `edits` is a plain description ({method: options} or (method, options) pairs), not Edit objects."""
     return isinstance(edits, dict) or any(isinstance(e, (tuple, list)) for e in edits or ())
@@ -393,15 +377,16 @@ def load_pipeline(base: str = TOY, artifacts: list[str | Path | Artifact] = (), 
                   local_files_only: bool = False, single_file_config: str | None = None) -> Pipeline:
     """Load a base model (see `components.load_components`) and apply `artifacts` in order."""
     from personalize.components import base_profile
+    from personalize.methods import record_for_base
     from personalize.quiet import quiet
 
     quiet()  # the Python API too: no "requires torchvision" lines for the safety checker's unused processor
     device, dtype = _pick(device, dtype)
     arts = [a if isinstance(a, Artifact) else load_artifact(a) for a in artifacts]  # bad files fail before the
     # slow model load, and so do files of another model family
-    profile = base_profile(base, local_files_only=True) if arts else None
+    profile = base_profile(base) if arts else None
     for art in arts:
-        check_fits(art, profile, base)
+        record_for_base(art, profile, base)
     comps = load_components(base, local_files_only=local_files_only, single_file_config=single_file_config,
                             dtype=dtype, safety_checker=safety_checker)
     pipe = pipeline_from_components(comps, device, dtype, scheduler)

@@ -46,8 +46,9 @@ class Profile:
     face_check: `(photos, names) -> list[bool]`, whether each aligned crop holds a face (None: no check).
     unknown_words: `(prompts, known) -> [word]`, the words of the prompts the base never saw (None: no note),
     and `hint_for(words) -> str | None`, one line about them.
-    pipeline_class: the stock diffusers pipeline of the family, and `parts`, the components it is built from
-    (`personalize.components.Components` fields); `family`, the name an artifact's base is checked against."""
+    pipeline_class: the stock diffusers pipeline of the family, `parts`, the components it is built from
+    (`personalize.components.Components` fields), and `pipeline_options`, the pipeline's own config values a
+    model folder sets (kept from the loaded model); `family`, the name an artifact's base is checked against."""
 
     name: str
     guidance_scale: float = 7.5
@@ -63,6 +64,7 @@ class Profile:
     training_note: str = ""
     pipeline_class: str = "StableDiffusionPipeline"
     parts: tuple[str, ...] = SD_PARTS
+    pipeline_options: tuple[str, ...] = ()
     family: str = "sd"
 
     def prompt_hint(self, prompts: list[str], known=()) -> str | None:
@@ -112,7 +114,7 @@ SD2 = Profile("sd2")
 # SDXL base 1.0's own defaults: 1024 px (the UNet's sample size, read off the model), guidance 5.0 (diffusers'
 # StableDiffusionXLPipeline default; Stability's model card uses 5-7)
 SDXL = Profile("sdxl", guidance_scale=5.0, pipeline_class="StableDiffusionXLPipeline", parts=SDXL_PARTS,
-               family="sdxl")
+               pipeline_options=("force_zeros_for_empty_prompt",), family="sdxl")
 PROFILES = {p.name: p for p in (TOY_PROFILE, SD1, SD2, SDXL)}
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}  # what errors call a family
 PIPELINE_CLASSES = {"StableDiffusionPipeline": SD1, "StableDiffusionXLPipeline": SDXL}

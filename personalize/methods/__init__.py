@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import typing
 
-from personalize.artifacts import ArtifactError
+from personalize.artifacts import ArtifactError, artifact_family
 from personalize.config import ConfigError, coerce, did_you_mean
 from personalize.methods.base import MethodError, MethodRecord, TrainingMethod
 from personalize.methods.class_tokens import dct
@@ -28,6 +28,7 @@ from personalize.methods.personalization import (
 from personalize.methods.personalization.apply import apply_parts
 from personalize.methods.personalization.bases import BASES
 from personalize.methods.suppression import suppress_eot
+from personalize.profiles import FAMILY_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ REGISTRY: dict[str, MethodRecord] = {
 }
 
 __all__ = ["REGISTRY", "MethodError", "MethodRecord", "TrainingMethod", "build_method", "check_family", "edits_from",
-           "make_edit",
-           "parse_options", "record_for_artifact", "training_record"]
+           "make_edit", "parse_options", "record_for_artifact", "record_for_base", "training_record"]
 
 
 def training_record(name: str | None, registry: dict = REGISTRY) -> MethodRecord:
@@ -81,6 +81,20 @@ def record_for_artifact(art, registry: dict = REGISTRY) -> MethodRecord:
     if record is None or record.apply is None:
         known = ", ".join(n for n, r in registry.items() if r.apply is not None)
         raise ArtifactError(f"{art.path}: unknown method {art.method!r} in metadata; known methods: {known}")
+    return record
+
+
+def record_for_base(art, profile, base: str, registry: dict = REGISTRY) -> MethodRecord:
+    """`record_for_artifact`, on a base of `profile` (`personalize.profiles`): an artifact made for another model
+    family than the base's (an SD 1.x LoRA on SDXL, or the reverse), or whose method does not run on this
+    family, is refused naming both."""
+    family = artifact_family(art)
+    if family != profile.family:
+        raise ArtifactError(f"{art.path} was made for {FAMILY_NAMES.get(family, family)} models, but the base "
+                            f"{base!r} is {FAMILY_NAMES.get(profile.family, profile.family)}; use a file trained "
+                            "for this base's family")
+    record = record_for_artifact(art, registry)
+    check_family(record, profile, f"{art.path} ({art.method})")
     return record
 
 
@@ -112,8 +126,6 @@ def edits_from(description, profile=None, registry: dict = REGISTRY) -> list:
 
 def check_family(record: MethodRecord, profile, what: str = "") -> None:
     """Refuse a method on a base of a family it does not support (`MethodRecord.families`), naming both."""
-    from personalize.profiles import FAMILY_NAMES
-
     if profile.family not in record.families:
         supported = ", ".join(FAMILY_NAMES.get(f, f) for f in record.families)
         family = FAMILY_NAMES.get(profile.family, profile.family)
